@@ -1,0 +1,72 @@
+"""The ``tabor-tf`` command line: one sub-command per module in ``tabor_tf.commands``.
+
+Each command module defines ``NAME``, ``HELP``, ``add_arguments(parser)`` and ``run(args) -> int``.
+Exit status like a virus scanner: 0 clean / success, 1 backdoor found, 2 usage or input error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+COMMANDS = ("info", "scan", "compare", "zoo", "audit", "patch")
+EXIT_CLEAN, EXIT_INFECTED, EXIT_ERROR = 0, 1, 2
+
+
+def quiet_tensorflow() -> None:
+    """Silence TF's C++ start-up chatter unless the user asked for it."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("ABSL_MIN_LOG_LEVEL", "2")
+
+
+def _command_modules():
+    mods = []
+    for name in COMMANDS:
+        if importlib.util.find_spec(f"tabor_tf.commands.{name}") is not None:
+            mods.append(importlib.import_module(f"tabor_tf.commands.{name}"))
+    return mods
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="tabor-tf",
+        description="Inspect a trained image classifier for trojan backdoors (TABOR, Neural Cleanse).",
+    )
+    parser.add_argument("--version", action="version", version=f"tabor-tf {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for mod in _command_modules():
+        p = sub.add_parser(mod.NAME, help=mod.HELP, description=mod.HELP)
+        mod.add_arguments(p)
+        p.set_defaults(_run=mod.run)
+    return parser
+
+
+def run_guarded(func, args) -> int:
+    """Run ``func(args)``; a ``TaborError`` becomes one line on stderr and exit 2."""
+    from .errors import TaborError
+
+    try:
+        return int(func(args))
+    except TaborError as exc:
+        print(f"tabor-tf: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("tabor-tf: interrupted; finished labels are kept in the output folder", file=sys.stderr)
+        return 130
+
+
+def main(argv=None) -> int:
+    quiet_tensorflow()
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse: --help is 0, a usage error 2
+        return int(exc.code or 0)
+    if not getattr(args, "_run", None):
+        parser.print_help()
+        return EXIT_ERROR
+    return run_guarded(args._run, args)

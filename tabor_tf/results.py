@@ -1,0 +1,87 @@
+"""Results shared by TABOR and Neural Cleanse: one ``LabelResult`` per scanned label, one ``ScanResult``.
+
+Arrays: ``mask`` is ``[H, W]`` float32 in [0, 1]; ``pattern`` is ``[H, W, C]`` float32 raw pixels 0..255.
+``score`` is what the MAD test ran on: the mask L1 norm for Neural Cleanse, the quality metric A
+for TABOR (lower = more suspicious in both). ``parts`` holds method-specific numbers
+(TABOR: the five parts of A; NC: cost at the end...), all JSON-serialisable.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+
+from .outliers import MadResult
+
+
+@dataclass
+class LabelResult:
+    label: int
+    mask: np.ndarray  # [H, W] float32 in [0, 1]
+    pattern: np.ndarray  # [H, W, C] float32 raw 0..255
+    score: float
+    attack_success: float  # fraction 0..1 of clean images sent to ``label`` by the trigger
+    l1: float  # L1 norm of the mask (sum of its values)
+    steps: int
+    stop_reason: str
+    seconds: float
+    parts: dict = field(default_factory=dict)
+
+    @property
+    def fusion(self) -> np.ndarray:
+        """``M * Delta`` as ``[H, W, C]`` raw pixels: what the trigger looks like on black."""
+        return self.mask[..., None] * self.pattern
+
+    def summary(self) -> dict:
+        """JSON-ready numbers (no arrays)."""
+        return {
+            "label": int(self.label),
+            "score": float(self.score),
+            "attack_success": float(self.attack_success),
+            "l1": float(self.l1),
+            "steps": int(self.steps),
+            "stop_reason": self.stop_reason,
+            "seconds": float(self.seconds),
+            "parts": {k: _jsonable(v) for k, v in self.parts.items()},
+        }
+
+
+@dataclass
+class ScanResult:
+    """Everything one method found on one model; the report writer turns it into files."""
+
+    method: str  # "tabor" or "neural_cleanse"
+    labels: list  # of LabelResult, in label order
+    mad: MadResult
+    seconds: float
+    settings: dict = field(default_factory=dict)  # the preset / overrides actually used
+    clean_accuracy: Optional[float] = None
+    notes: list = field(default_factory=list)
+
+    @property
+    def verdict(self) -> str:
+        return "infected" if self.mad.flagged_labels else "clean"
+
+    @property
+    def flagged_labels(self) -> list:
+        return list(self.mad.flagged_labels)
+
+    def by_label(self, label: int) -> LabelResult:
+        for r in self.labels:
+            if r.label == int(label):
+                return r
+        raise KeyError(label)
+
+
+def _jsonable(v):
+    if isinstance(v, (np.floating, np.integer)):
+        return v.item()
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    if isinstance(v, dict):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    return v
