@@ -1,0 +1,205 @@
+"""Turn a loaded model into a classifier view: checked shapes, a forward function and true logits."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from ..errors import ModelLoadError
+from .victim import LayerInfo, log_probabilities, probe_is_probabilities
+
+PREPROCESSING_CLASSES = frozenset({
+    "Rescaling", "Normalization", "Resizing", "CenterCrop", "RandomCrop", "RandomFlip",
+    "RandomRotation", "RandomZoom", "RandomTranslation", "RandomContrast", "RandomBrightness",
+    "RandomHeight", "RandomWidth", "Solarization", "AutoContrast", "Equalization", "Grayscale",
+    "RandAugment", "RandomGrayscale", "RandomColorJitter", "RandomSaturation", "RandomHue",
+})
+_SETTINGS = ("scale", "offset", "mean", "variance", "axis", "height", "width", "interpolation",
+             "crop_to_aspect_ratio", "mode", "factor", "invert")
+
+
+def check_classifier_shapes(input_shape, output_shape, where: str) -> tuple[tuple, int]:
+    """Full input/output shapes (batch first) -> ((H, W, C), K); ModelLoadError for non-classifiers."""
+    input_shape = tuple(input_shape)
+    output_shape = tuple(output_shape)
+    if len(input_shape) != 4:
+        raise ModelLoadError(
+            f"{where}: the model's input has shape {_fmt(input_shape)}; tabor-tf inspects image"
+            " classifiers whose input is [batch, height, width, channels]"
+        )
+    h, w, c = input_shape[1:]
+    if c not in (1, 3):
+        if input_shape[1] in (1, 3):
+            raise ModelLoadError(
+                f"{where}: the input {_fmt(input_shape)} looks channels-first; tabor-tf needs"
+                " channels-last images [batch, height, width, channels]"
+            )
+        raise ModelLoadError(
+            f"{where}: the input has {c} channels ({_fmt(input_shape)}); tabor-tf supports"
+            " 1 (grayscale) or 3 (RGB)"
+        )
+    if h is None or w is None:
+        raise ModelLoadError(
+            f"{where}: the input {_fmt(input_shape)} has no fixed height/width; tabor-tf needs a fixed image size"
+        )
+    if len(output_shape) != 2 or output_shape[-1] is None:
+        raise ModelLoadError(
+            f"{where}: the output has shape {_fmt(output_shape)}; expected one score per class, [batch, classes]"
+        )
+    k = int(output_shape[-1])
+    if k < 2:
+        raise ModelLoadError(
+            f"{where}: the output has a single unit: a regression or binary model, not a"
+            " classifier with one output per class"
+        )
+    return (int(h), int(w), int(c)), k
+
+
+def _fmt(shape) -> str:
+    return "[" + ", ".join("batch" if i == 0 and d is None else ("?" if d is None else str(d))
+                           for i, d in enumerate(shape)) + "]"
+
+
+def layer_info(class_name: str, name: str, config: dict) -> LayerInfo:
+    settings = {}
+    for key in _SETTINGS:
+        if key in config and config[key] is not None:
+            settings[key] = _jsonable(config[key])
+    return LayerInfo(name=name, class_name=class_name, settings=settings)
+
+
+def _jsonable(value):
+    try:
+        import numpy as np
+
+        if isinstance(value, np.ndarray):
+            value = value.tolist()
+    except ImportError:  # pragma: no cover
+        pass
+    if isinstance(value, (list, tuple)):
+        flat = [_jsonable(v) for v in value]
+        return flat if len(flat) <= 8 else flat[:8] + ["..."]
+    if isinstance(value, float):
+        return float(f"{value:.6g}")
+    if isinstance(value, (int, str, bool)):
+        return value
+    return str(value)
+
+
+def keras_preprocessing_layers(model) -> tuple:
+    found = []
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        cls = type(layer).__name__
+        if cls in PREPROCESSING_CLASSES:
+            config = layer.get_config()
+            if cls == "Normalization":  # the adapted statistics live on the layer, not the config
+                for key in ("mean", "variance"):
+                    value = getattr(layer, key, None)
+                    if value is not None:
+                        config[key] = value.numpy() if hasattr(value, "numpy") else value
+            found.append(layer_info(cls, layer.name, config))
+    return tuple(found)
+
+
+def _activation_name(layer) -> str:
+    act = getattr(layer, "activation", None)
+    return getattr(act, "__name__", "") if act is not None else ""
+
+
+def _split_activation(inp, out) -> Optional[tuple]:
+    """(logits tensor, activation name, how) for a Keras graph ``inp -> out`` ending in a softmax
+    or sigmoid, built on the same layers; None when the final op is something else."""
+    import keras
+
+    history = getattr(out, "_keras_history", None)
+    if history is None:
+        return None
+    op, node_index = history[0], history[1]
+    node = op._inbound_nodes[node_index]
+    inputs = node.input_tensors
+    if len(inputs) != 1:
+        return None
+    pre = inputs[0]
+    if isinstance(op, keras.Model):
+        if len(op.inputs) != 1 or len(op.outputs) != 1:
+            return None
+        inner = _split_activation(op.inputs[0], op.outputs[0])
+        if inner is None:
+            return None
+        inner_model = keras.Model(op.inputs[0], inner[0])
+        return inner_model(pre), inner[1], inner[2] + f" inside {op.name!r}"
+    if isinstance(op, keras.layers.Softmax):
+        axis = op.get_config().get("axis", -1)
+        if axis not in (-1, len(out.shape) - 1, [-1]):
+            return None
+        return pre, "softmax", f"input of the final Softmax layer {op.name!r}"
+    act = _activation_name(op)
+    if act not in ("softmax", "sigmoid"):
+        return None
+    if isinstance(op, keras.layers.Activation):
+        return pre, act, f"input of the final Activation('{act}') layer {op.name!r}"
+    config = op.get_config()
+    config["activation"] = "linear"
+    config["name"] = f"{op.name}_logits"
+    linear = type(op).from_config(config)
+    logits = linear(pre)
+    linear.set_weights(op.get_weights())
+    linear.trainable = False
+    return logits, act, f"pre-{act} output of the final layer {op.name!r} ({type(op).__name__})"
+
+
+def keras_classifier(model, where: str) -> dict:
+    """Frozen Keras model -> {forward, logits_fn, input_shape, num_classes, output_kind, logits_source,
+    preprocessing_layers, param_count, notes}."""
+    import keras
+
+    model.trainable = False
+    try:
+        inputs, outputs = list(model.inputs), list(model.outputs)
+    except (AttributeError, ValueError):
+        raise ModelLoadError(f"{where}: the model has no defined input shape (never built)") from None
+    if len(inputs) != 1:
+        raise ModelLoadError(f"{where}: the model has {len(inputs)} inputs; tabor-tf needs one image input")
+    if len(outputs) != 1:
+        raise ModelLoadError(f"{where}: the model has {len(outputs)} outputs; tabor-tf needs one class-score output")
+    inp, out = inputs[0], outputs[0]
+    shape, k = check_classifier_shapes(inp.shape, out.shape, where)
+    if not str(inp.dtype).startswith(("float", "bfloat")):
+        raise ModelLoadError(f"{where}: the input dtype is {inp.dtype}; tabor-tf needs a float image input")
+    view = keras.Model(inp, out)
+    view.trainable = False
+
+    def forward(x):
+        return view(x, training=False)
+
+    notes = []
+    try:
+        split = _split_activation(inp, out)
+    except Exception as exc:  # noqa: BLE001 - an unusual final layer: fall back to probing
+        split = None
+        notes.append(f"could not split off the final activation ({type(exc).__name__}); probing the output")
+    if split is not None:
+        logits_model = keras.Model(inp, split[0])
+        logits_model.trainable = False
+
+        def logits_fn(x):
+            return logits_model(x, training=False)
+
+        kind = "probabilities" if split[1] == "softmax" else "logits"
+        source = split[2]
+        if split[1] == "sigmoid":
+            notes.append("final sigmoid: its pre-sigmoid values are scanned as logits (same ranking)")
+    elif probe_is_probabilities(forward, shape):
+        kind, logits_fn, source = "probabilities", log_probabilities(forward), "log of the output probabilities"
+    else:
+        kind, logits_fn, source = "logits", forward, "model output (logits)"
+    return {
+        "forward": forward,
+        "logits_fn": logits_fn,
+        "input_shape": shape,
+        "num_classes": k,
+        "output_kind": kind,
+        "logits_source": source,
+        "preprocessing_layers": keras_preprocessing_layers(model),
+        "param_count": int(model.count_params()),
+        "notes": notes,
+    }
