@@ -16,9 +16,32 @@ EXIT_CLEAN, EXIT_INFECTED, EXIT_ERROR = 0, 1, 2
 
 
 def quiet_tensorflow() -> None:
-    """Silence TF's C++ start-up chatter unless the user asked for it."""
+    """Import TensorFlow without its C++ start-up chatter (oneDNN / absl notices on stderr).
+
+    Those lines are written before absl's logging is set up, so ``TF_CPP_MIN_LOG_LEVEL`` does not
+    stop them: stderr is pointed at a temporary file during the import and replayed only if the
+    import fails. ``TABOR_TF_VERBOSE_TF=1`` keeps TensorFlow's own output.
+    """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("ABSL_MIN_LOG_LEVEL", "2")
+    if os.environ.get("TABOR_TF_VERBOSE_TF") or "tensorflow" in sys.modules:
+        return
+    import tempfile
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            import tensorflow  # noqa: F401
+        except BaseException:
+            os.dup2(saved, 2)
+            sink.seek(0)
+            sys.stderr.write(sink.read().decode("utf-8", "replace"))
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
 
 
 def _command_modules():
