@@ -1,0 +1,118 @@
+"""``tabor-tf scan MODEL --data DATA``: scan one model with TABOR (default) or Neural Cleanse.
+
+Exit status like a virus scanner: 0 clean, 1 backdoor found, 2 usage or input error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+NAME = "scan"
+HELP = "scan a model for a trojan backdoor (TABOR or Neural Cleanse); exit 0 clean, 1 infected, 2 error"
+
+
+def add_common_input_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options shared by ``scan`` and ``compare``: data, preprocessing, seed, sample budget, loading."""
+    parser.add_argument("--data", metavar="DATA",
+                        help="clean images: .npz / .npy / .h5, an image folder (one sub-folder per class), a GTSRB "
+                             "folder, or 'synthetic' (the embedded sign generator; 43-class square RGB models)")
+    parser.add_argument("--preprocess", default="auto", metavar="MODE",
+                        help="how raw pixels 0..255 map to the model's input: raw, unit (x/255), symmetric "
+                             "(x/127.5-1), imagenet (BGR minus Caffe means), or auto (best clean accuracy; default). "
+                             "Aliases: mnist=unit, inception=symmetric")
+    parser.add_argument("--seed", type=int, default=0, help="random seed of the trigger search (default 0)")
+    parser.add_argument("--max-samples", type=int, default=None, metavar="N",
+                        help="use a class-stratified subsample of N clean images (default 1000; 0 = all)")
+    parser.add_argument("--allow-unsafe-deserialization", action="store_true",
+                        help="load Lambda layers / custom objects (runs code stored in the file: trusted files only)")
+    parser.add_argument("--model-version", type=int, default=None, metavar="N",
+                        help="TF Serving version to scan (default: the highest)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar or info lines (warnings still shown)")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", metavar="MODEL",
+                        help=".keras / .h5 / .hdf5 file, SavedModel directory or TF Serving base path")
+    add_common_input_arguments(parser)
+    parser.add_argument("--method", default="tabor", choices=("tabor", "nc", "neural-cleanse"),
+                        help="tabor (default) or nc (the faithful Neural Cleanse baseline)")
+    parser.add_argument("--out", metavar="DIR", default=None,
+                        help="report folder (default: a new folder scan-<model>-<method>; an interrupted scan "
+                             "in it is resumed)")
+    parser.add_argument("--labels", metavar="LIST", default=None,
+                        help="candidate target labels to scan, e.g. 0,3,5-9 (default all; at least 3)")
+    parser.add_argument("--preset", default=None,
+                        help="settings preset (TABOR: gtsrb, imagenet, fast; NC: gtsrb, reference-defaults)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one setting of the preset (repeatable), e.g. --set steps=200")
+    parser.add_argument("--json", action="store_true",
+                        help="print report.json to stdout (the summary then goes to stderr)")
+    parser.add_argument("--no-html", action="store_true", help="do not write report.html")
+
+
+def describe_inputs(prepared, quiet: bool, stream=None) -> None:
+    """Print what the scan sees (model, data, preprocessing, clean accuracy) and warn loudly if odd."""
+    from ..terminal import say, warn
+
+    stream = stream or sys.stderr
+    v, d, c = prepared.victim, prepared.data, prepared.check
+    h, w, ch = v.input_shape
+    say(f"model        {v.path} ({v.format}, {h}x{w}x{ch}, {v.num_classes} classes, {v.output_kind})",
+        stream=stream, quiet=quiet)
+    say(f"data         {prepared.data_path} ({d.format}, {len(d.x)} images, "
+        f"{'labelled' if d.y is not None else 'no labels'})", stream=stream, quiet=quiet)
+    acc = "unknown (no labels)" if c.clean_accuracy is None else f"{100 * c.clean_accuracy:.1f}%"
+    tried = ", ".join(f"{m} {100 * a:.1f}%" for m, a in (c.accuracies_by_mode or {}).items())
+    say(f"preprocess   {c.mode} (clean accuracy {acc}{'; tried ' + tried if len(c.accuracies_by_mode or {}) > 1 else ''})",
+        stream=stream, quiet=quiet)
+    for text in c.warnings:
+        warn(text, stream=stream)
+    for note in getattr(d, "notes", ()) or ():
+        say(f"note         {note}", stream=stream, quiet=quiet)
+
+
+def run(args) -> int:
+    from ..cli import EXIT_CLEAN, EXIT_INFECTED
+    from ..errors import TaborError
+    from ..report import dumps, method_key
+    from ..preprocess import resolve_mode
+    from ..scanning import (DEFAULT_MAX_SAMPLES, default_out_dir, make_config, parse_labels, parse_overrides,
+                            prepare, run_scan)
+    from ..terminal import ProgressBar, print_summary, say
+
+    if not args.data:
+        raise TaborError("scan needs clean data: --data PATH (or --data synthetic)")
+    method = method_key(args.method)
+    labels = parse_labels(args.labels)
+    overrides = parse_overrides(args.overrides, method)
+    max_samples = DEFAULT_MAX_SAMPLES if args.max_samples is None else args.max_samples
+    if max_samples < 0:
+        raise TaborError("--max-samples must be >= 0")
+    # usage errors before the (slow) model and data loading
+    resolve_mode(args.preprocess)
+    if args.preset is not None:
+        make_config(method, args.preset, overrides)
+    info = sys.stderr
+    started = time.perf_counter()
+    prepared = prepare(args.model, args.data, preprocess=args.preprocess, max_samples=max_samples,
+                       allow_unsafe=args.allow_unsafe_deserialization, model_version=args.model_version)
+    out_dir = args.out or default_out_dir(args.model, method)
+    describe_inputs(prepared, args.quiet, info)
+    say(f"method       {'TABOR' if method == 'tabor' else 'Neural Cleanse'} -> {out_dir}", stream=info,
+        quiet=args.quiet)
+    bar = ProgressBar("TABOR" if method == "tabor" else "Neural Cleanse", stream=info, quiet=args.quiet)
+    with bar:
+        _, report = run_scan(method=method, labels=labels, seed=args.seed, preset=args.preset, overrides=overrides,
+                             out_dir=out_dir, progress=bar, prepared=prepared, html=not args.no_html)
+    report_path = str(out_dir) + "/report.json"
+    if args.json:
+        sys.stdout.write(dumps(report))
+        sys.stdout.flush()
+        if not args.quiet:
+            print_summary(report, report_path, stream=info)
+    elif not args.quiet:
+        print_summary(report, report_path, stream=sys.stdout)
+        say(f"(total {time.perf_counter() - started:.1f} s including loading)", stream=info)
+    return EXIT_INFECTED if report["verdict"] == "infected" else EXIT_CLEAN

@@ -1,0 +1,272 @@
+"""report.json and the per-label trigger files of one scan (schema: ``docs/REPORT_SCHEMA.md``).
+
+Layout of a report folder ``DIR``::
+
+    DIR/report.json                      the machine-readable report (this module)
+    DIR/report.html                      the analyst's page (``tabor_tf.html_report``)
+    DIR/labels/label_007_mask.png        mask [H,W] as 8-bit grey (0 = no trigger, 255 = full)
+    DIR/labels/label_007_pattern.png     pattern [H,W,C] raw pixels as 8-bit RGB / grey
+    DIR/labels/label_007_fusion.png      M * Delta (the trigger on black), 8-bit
+    DIR/labels/label_007_{mask,pattern,fusion}.npy   the same as float32 arrays (exact values)
+
+Every file is written atomically (a temporary file in the same folder, then ``os.replace``), so a
+reader never sees half a report, and report.json is written last: when it exists, the image
+files it names exist too.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import cv2
+import numpy as np
+
+from . import __version__
+from .errors import TaborError
+from .results import LabelResult, ScanResult, _jsonable
+
+SCHEMA_VERSION = 1
+REPORT_NAME = "report.json"
+LABELS_DIR = "labels"
+FILE_KINDS = ("mask", "pattern", "fusion")
+
+
+@dataclass(frozen=True)
+class ReportContext:
+    """What a scan ran on, besides its result: goes into report.json as is.
+
+    ``model``: path, sha256, format, input_shape, num_classes, output_kind.
+    ``data``: path, format, samples, labelled.
+    ``preprocess``: mode, clean_accuracy, accuracies_by_mode, warnings.
+    ``extra``: further top-level keys (later schema additions), merged in last.
+    """
+
+    model: dict
+    data: dict
+    preprocess: dict
+    seed: int = 0
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {
+            "model": dict(self.model),
+            "data": dict(self.data),
+            "preprocess": dict(self.preprocess),
+            "seed": int(self.seed),
+            "extra": dict(self.extra),
+        }
+
+
+# ----------------------------------------------------------------------------- atomic writes
+
+
+def atomic_write_bytes(path, payload: bytes) -> Path:
+    """Write ``payload`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(payload)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    return path
+
+
+def strict_json(obj):
+    """``obj`` with numpy scalars / arrays converted and non-finite floats replaced by ``None``."""
+    obj = _jsonable(obj)
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {str(k): strict_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict_json(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def dumps(obj) -> str:
+    """Strict JSON text (no NaN / Infinity), UTF-8 symbols kept, stable key order, indent 2."""
+    return json.dumps(strict_json(obj), indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+
+
+def atomic_write_json(path, obj) -> Path:
+    return atomic_write_bytes(path, dumps(obj).encode("utf-8"))
+
+
+# ----------------------------------------------------------------------------- images
+
+
+def to_uint8_image(array: np.ndarray, *, is_mask: bool = False) -> np.ndarray:
+    """Float image -> uint8 for a PNG: a mask ``[H,W]`` in [0,1] x 255, raw pixels clipped to 0..255."""
+    a = np.asarray(array, dtype=np.float64)
+    if is_mask:
+        a = a * 255.0
+    a = np.nan_to_num(a, nan=0.0, posinf=255.0, neginf=0.0)
+    return np.clip(np.rint(a), 0, 255).astype(np.uint8)
+
+
+def png_bytes(image_u8: np.ndarray) -> bytes:
+    """PNG of an RGB (``[H,W,3]``) or grey (``[H,W]`` / ``[H,W,1]``) uint8 image."""
+    img = np.asarray(image_u8)
+    if img.ndim == 3 and img.shape[-1] == 1:
+        img = img[..., 0]
+    if img.ndim == 3 and img.shape[-1] == 3:
+        img = cv2.cvtColor(img, cv2.COLOR_RGB2BGR)
+    ok, buf = cv2.imencode(".png", img)
+    if not ok:
+        raise TaborError("could not encode a PNG image")
+    return buf.tobytes()
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    bio = io.BytesIO()
+    np.save(bio, np.asarray(array, dtype=np.float32), allow_pickle=False)
+    return bio.getvalue()
+
+
+def label_arrays(result: LabelResult) -> dict:
+    """``{"mask": [H,W], "pattern": [H,W,C], "fusion": [H,W,C]}`` float32 of one label."""
+    mask = np.asarray(result.mask, dtype=np.float32)
+    if mask.ndim == 3:
+        mask = mask[..., 0]
+    pattern = np.asarray(result.pattern, dtype=np.float32)
+    return {"mask": mask, "pattern": pattern, "fusion": mask[..., None] * pattern}
+
+
+def label_stem(label: int) -> str:
+    return f"label_{int(label):03d}"
+
+
+def write_label_files(result: LabelResult, out_dir) -> dict:
+    """Write one label's PNG and .npy files; return ``{"mask_png": rel_path, ...}`` (posix, relative)."""
+    out_dir = Path(out_dir)
+    paths = {}
+    for kind, arr in label_arrays(result).items():
+        rel_png = f"{LABELS_DIR}/{label_stem(result.label)}_{kind}.png"
+        rel_npy = f"{LABELS_DIR}/{label_stem(result.label)}_{kind}.npy"
+        atomic_write_bytes(out_dir / rel_png, png_bytes(to_uint8_image(arr, is_mask=(kind == "mask"))))
+        atomic_write_bytes(out_dir / rel_npy, npy_bytes(arr))
+        paths[f"{kind}_png"] = rel_png
+        paths[f"{kind}_npy"] = rel_npy
+    return paths
+
+
+# ----------------------------------------------------------------------------- the report
+
+
+def method_key(method: str) -> str:
+    """Canonical method name: ``tabor`` or ``neural_cleanse`` (accepts ``nc``, ``neural-cleanse``)."""
+    key = str(method).strip().lower().replace("-", "_")
+    if key in ("nc", "neural_cleanse", "neuralcleanse"):
+        return "neural_cleanse"
+    if key == "tabor":
+        return "tabor"
+    raise TaborError(f"unknown method {method!r}; choose tabor or nc")
+
+
+def build_report(scan: ScanResult, context: ReportContext, label_files: Optional[dict] = None) -> dict:
+    """The report.json dictionary (see docs/REPORT_SCHEMA.md). ``label_files``: label -> file paths."""
+    label_files = label_files or {}
+    labels = []
+    for r in scan.labels:
+        entry = r.summary()
+        entry["mad_index"] = scan.mad.label_indices.get(int(r.label))
+        entry["flagged"] = int(r.label) in scan.flagged_labels
+        entry["files"] = dict(label_files.get(int(r.label), {}))
+        labels.append(entry)
+    report = {
+        "schema_version": SCHEMA_VERSION,
+        "tool_version": __version__,
+        "method": method_key(scan.method),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "model": dict(context.model),
+        "data": dict(context.data),
+        "preprocess": dict(context.preprocess),
+        "seed": int(context.seed),
+        "settings": dict(scan.settings),
+        "verdict": scan.verdict,
+        "flagged_labels": [int(v) for v in scan.flagged_labels],
+        "anomaly_index": float(scan.mad.anomaly_index),
+        "mad": {
+            "median": float(scan.mad.median),
+            "mad": float(scan.mad.mad),
+            "threshold": float(scan.mad.threshold),
+            "score": "a" if method_key(scan.method) == "tabor" else "l1",
+        },
+        "seconds": float(scan.seconds),
+        "notes": list(scan.notes),
+        "labels": labels,
+    }
+    if scan.clean_accuracy is not None and report["preprocess"].get("clean_accuracy") is None:
+        report["preprocess"]["clean_accuracy"] = float(scan.clean_accuracy)
+    for key, value in context.extra.items():
+        report[key] = value
+    return strict_json(report)
+
+
+def write_report(scan: ScanResult, out_dir, context: ReportContext, *, html: bool = True) -> dict:
+    """Write the label files, then report.json (atomically, last), then report.html.
+
+    Returns the report dictionary; its ``labels[i].files`` paths are relative to ``out_dir``.
+    """
+    out_dir = Path(out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        files = {int(r.label): write_label_files(r, out_dir) for r in scan.labels}
+        report = build_report(scan, context, files)
+        atomic_write_json(out_dir / REPORT_NAME, report)
+    except PermissionError as exc:
+        raise TaborError(f"cannot write the report to {out_dir}: {exc.strerror or exc}") from exc
+    except OSError as exc:
+        raise TaborError(f"cannot write the report to {out_dir}: {exc.strerror or exc}") from exc
+    if html:
+        from .html_report import write_report_html
+
+        write_report_html(out_dir, report)
+    return report
+
+
+def load_report(path) -> dict:
+    """Read a report.json (or the report.json inside a folder) and check its schema version."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / REPORT_NAME
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise TaborError(f"no report at {path}") from exc
+    except (OSError, ValueError) as exc:
+        raise TaborError(f"cannot read report {path}: {exc}") from exc
+    version = report.get("schema_version") if isinstance(report, dict) else None
+    if not isinstance(version, int) or version > SCHEMA_VERSION:
+        raise TaborError(f"{path} has report schema version {version!r}; this tool reads up to {SCHEMA_VERSION}")
+    return report
+
+
+def load_label_array(report_dir, report: dict, label: int, kind: str = "mask") -> np.ndarray:
+    """The float32 ``kind`` array (mask / pattern / fusion) of ``label`` from a report folder."""
+    for entry in report.get("labels", []):
+        if int(entry["label"]) == int(label):
+            rel = entry.get("files", {}).get(f"{kind}_npy")
+            if not rel:
+                raise TaborError(f"report has no {kind} file for label {label}")
+            return np.load(Path(report_dir) / rel, allow_pickle=False)
+    raise TaborError(f"label {label} was not scanned in this report")

@@ -1,0 +1,366 @@
+"""One scan from paths to report: the wiring that ``scan``, ``compare`` and ``audit`` share.
+
+    prepared = prepare(model_path, data_path, preprocess="auto", max_samples=1000)
+    result, report = run_scan(model_path, data_path, method="tabor", out_dir="scan-x", prepared=prepared)
+
+Stages: ``load_victim`` -> clean data (a file / folder, or ``"synthetic"``: the embedded sign
+generator) -> ``select_preprocess`` (auto: the mode with the best clean accuracy) -> the method's
+config (preset + typed overrides) -> ``scan`` -> ``write_report`` (report.json, label files,
+report.html). ``prepare`` is separate so a caller can show the clean accuracy before the long
+part starts and run two methods on exactly the same inputs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from .errors import DataError, TaborError
+from .report import ReportContext, method_key, write_report
+from .results import ScanResult
+
+SYNTHETIC = "synthetic"
+# make_signs seed for --data synthetic: held out from every seed the zoo trains demo victims on.
+SYNTHETIC_DATA_SEED = 90_210
+SYNTHETIC_CLASSES = 43
+DEFAULT_MAX_SAMPLES = 1000
+# the clean-data subsample does not depend on the scan seed: different seeds see the same images
+DATA_SUBSAMPLE_SEED = 0
+CHECKPOINT_DIR = ".checkpoint"
+METHOD_CHOICES = ("tabor", "nc")
+
+
+# ----------------------------------------------------------------------------- methods and settings
+
+
+def method_module(method: str):
+    """The detector package of ``method`` (``tabor`` / ``nc``): has ``scan`` and ``preset``."""
+    key = method_key(method)
+    if key == "tabor":
+        from . import tabor
+
+        return tabor
+    import neural_cleanse_baseline
+
+    return neural_cleanse_baseline
+
+
+def config_class(method: str):
+    key = method_key(method)
+    if key == "tabor":
+        from .tabor.presets import TaborConfig
+
+        return TaborConfig
+    from neural_cleanse_baseline.presets import NCConfig
+
+    return NCConfig
+
+
+def preset_names(method: str) -> tuple:
+    if method_key(method) == "tabor":
+        from .tabor.presets import PRESET_NAMES
+
+        return tuple(PRESET_NAMES)
+    from neural_cleanse_baseline.presets import PRESETS
+
+    return tuple(PRESETS)
+
+
+def default_preset(method: str, input_shape=None) -> str:
+    """TABOR: ``gtsrb`` up to 64 px a side, ``imagenet`` above; Neural Cleanse: ``gtsrb``."""
+    if method_key(method) == "tabor":
+        from .tabor.presets import default_preset_for
+
+        return default_preset_for(input_shape) if input_shape is not None else "gtsrb"
+    return "gtsrb"
+
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+def _convert(text: str, annotation, key: str):
+    origin = typing.get_origin(annotation)
+    if origin is typing.Union:  # Optional[X]
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if text.strip().lower() in ("none", "null", ""):
+            return None
+        return _convert(text, args[0], key)
+    try:
+        if annotation is bool:
+            low = text.strip().lower()
+            if low in _TRUE:
+                return True
+            if low in _FALSE:
+                return False
+            raise ValueError(text)
+        if annotation is int:
+            value = float(text)
+            if value != int(value):
+                raise ValueError(text)
+            return int(value)
+        if annotation is float:
+            return float(text)
+    except ValueError:
+        name = getattr(annotation, "__name__", str(annotation))
+        raise TaborError(f"--set {key}={text}: {key} takes a {name} value") from None
+    return text
+
+
+def parse_overrides(pairs: Optional[Sequence[str]], method: str) -> dict:
+    """``["steps=50", "early_stop=false"]`` -> ``{"steps": 50, "early_stop": False}``, typed by the
+    method's config dataclass; ``TaborError`` naming the valid keys for an unknown one."""
+    cls = config_class(method)
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    out = {}
+    for pair in pairs or ():
+        if "=" not in pair:
+            raise TaborError(f"--set expects KEY=VALUE, got {pair!r}")
+        key, value = pair.split("=", 1)
+        key = key.strip().replace("-", "_")
+        if key not in names or key == "preset":
+            raise TaborError(
+                f"--set {key}: not a setting of {method_key(method)}; valid keys: "
+                + ", ".join(n for n in names if n != "preset")
+            )
+        out[key] = _convert(value, hints.get(key, str), key)
+    return out
+
+
+def make_config(method: str, preset: Optional[str] = None, overrides: Optional[dict] = None, input_shape=None):
+    """The method's config: ``preset`` (default: ``default_preset``) with ``overrides`` applied."""
+    name = preset or default_preset(method, input_shape)
+    return method_module(method).preset(name, **(overrides or {}))
+
+
+def parse_labels(text: Optional[str]) -> Optional[list]:
+    """``"0,3,5-9"`` -> ``[0, 3, 5, 6, 7, 8, 9]``; ``None`` / ``""`` / ``"all"`` -> ``None`` (all labels)."""
+    if text is None or str(text).strip().lower() in ("", "all"):
+        return None
+    out = set()
+    for part in str(text).split(","):
+        part = part.strip()
+        if not part:
+            continue
+        try:
+            if "-" in part[1:]:
+                lo, hi = part.split("-", 1) if not part.startswith("-") else (part, "")
+                lo_i, hi_i = int(lo), int(hi)
+                if hi_i < lo_i:
+                    raise ValueError(part)
+                out.update(range(lo_i, hi_i + 1))
+            else:
+                out.add(int(part))
+        except ValueError:
+            raise TaborError(f"--labels: cannot read {part!r}; use a list like 0,3,5-9") from None
+    if any(v < 0 for v in out):
+        raise TaborError("--labels: labels must be >= 0")
+    return sorted(out)
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+@dataclass
+class Prepared:
+    """A loaded model, its clean data and the preprocessing check: the inputs of one or more scans."""
+
+    victim: object
+    data: object  # tabor_tf.data.CleanData
+    check: object  # tabor_tf.input_check.InputCheck
+    data_path: str
+    max_samples: Optional[int]
+
+    def context(self, seed: int, extra: Optional[dict] = None) -> ReportContext:
+        v = self.victim
+        model = {
+            "path": os.path.abspath(str(v.path)),
+            "sha256": v.sha256,
+            "format": v.format,
+            "input_shape": [int(d) for d in v.input_shape],
+            "num_classes": int(v.num_classes),
+            "output_kind": v.output_kind,
+        }
+        if getattr(v, "version", None) is not None:
+            model["version"] = int(v.version)
+        data = {
+            "path": self.data_path,
+            "format": self.data.format,
+            "source": str(getattr(self.data, "source", self.data_path)),
+            "samples": int(len(self.data.x)),
+            "labelled": self.data.y is not None,
+            "max_samples": self.max_samples,
+            "subsample_seed": DATA_SUBSAMPLE_SEED,
+        }
+        prep = self.check.to_dict() if hasattr(self.check, "to_dict") else {"mode": self.check.mode}
+        return ReportContext(model=model, data=data, preprocess=prep, seed=int(seed), extra=dict(extra or {}))
+
+
+def synthetic_data(victim, n: int, *, seed: int = SYNTHETIC_DATA_SEED, num_classes: int = SYNTHETIC_CLASSES):
+    """``n`` embedded synthetic sign images (raw 0..255, labelled) sized to the victim's input.
+
+    Needs a square RGB input and a model with ``num_classes`` classes: 43 for ``--data synthetic``
+    (GTSRB-like sign classes); a zoo card of a model trained on fewer synthetic classes passes its
+    own count. ``seed`` is held out from the zoo's training and test seeds.
+    """
+    from .data import CleanData
+    from .synthetic import make_signs
+
+    h, w, c = (int(d) for d in victim.input_shape)
+    if int(victim.num_classes) != int(num_classes):
+        raise DataError(
+            f"--data synthetic makes {num_classes} sign classes; the model has {victim.num_classes} classes"
+            " (give real clean data with --data)"
+        )
+    if h != w or c != 3:
+        raise DataError(f"--data synthetic makes square RGB images; the model expects {h}x{w}x{c}")
+    x, y = make_signs(int(n), seed=int(seed), size=h, num_classes=int(num_classes))
+    return CleanData(x=x.astype(np.float32), y=y,
+                     source=f"synthetic:make_signs(n={n}, seed={seed}, num_classes={num_classes})",
+                     format="synthetic")
+
+
+def prepare(
+    model_path,
+    data_path,
+    *,
+    preprocess: str = "auto",
+    max_samples: Optional[int] = DEFAULT_MAX_SAMPLES,
+    allow_unsafe: bool = False,
+    model_version: Optional[int] = None,
+    victim=None,
+    synthetic_classes: int = SYNTHETIC_CLASSES,
+    synthetic_seed: int = SYNTHETIC_DATA_SEED,
+) -> Prepared:
+    """Load the model (unless ``victim`` is given) and its clean data, and check the preprocessing.
+
+    ``max_samples``: keep a deterministic, class-stratified subsample of this many images
+    (``None`` or 0: all). ``data_path == "synthetic"``: the embedded generator (``max_samples``
+    images, default 1000, held-out seed ``synthetic_seed``, ``synthetic_classes`` classes).
+    """
+    from .data import load_clean_data
+    from .input_check import select_preprocess
+    from .loading import load_victim
+
+    if victim is None:
+        victim = load_victim(model_path, allow_unsafe=allow_unsafe, version=model_version)
+    limit = int(max_samples) if max_samples else None
+    if str(data_path).strip().lower() == SYNTHETIC:
+        data = synthetic_data(victim, limit or DEFAULT_MAX_SAMPLES, seed=synthetic_seed, num_classes=synthetic_classes)
+        data_label = SYNTHETIC
+    else:
+        if data_path is None:
+            raise DataError("no clean data given (--data PATH, or --data synthetic)")
+        data = load_clean_data(data_path, image_shape=victim.input_shape, num_classes=victim.num_classes,
+                               limit=limit, seed=DATA_SUBSAMPLE_SEED)
+        data_label = os.path.abspath(str(data_path))
+    check = select_preprocess(victim, data, preprocess or "auto")
+    return Prepared(victim=victim, data=data, check=check, data_path=data_label, max_samples=limit)
+
+
+# ----------------------------------------------------------------------------- the scan
+
+
+def run_scan(
+    model_path=None,
+    data_path=None,
+    *,
+    method: str = "tabor",
+    preprocess: str = "auto",
+    labels: Optional[Sequence[int]] = None,
+    seed: int = 0,
+    preset: Optional[str] = None,
+    overrides: Optional[dict] = None,
+    max_samples: Optional[int] = DEFAULT_MAX_SAMPLES,
+    out_dir=None,
+    allow_unsafe: bool = False,
+    model_version: Optional[int] = None,
+    progress=None,
+    checkpoint: bool = True,
+    html: bool = True,
+    prepared: Optional[Prepared] = None,
+    extra: Optional[dict] = None,
+) -> tuple:
+    """Scan one model with one method -> ``(ScanResult, report_dict)``.
+
+    ``prepared``: inputs from ``prepare`` (then ``model_path`` / ``data_path`` / ``preprocess`` /
+    ``max_samples`` are not used again). ``out_dir``: where report.json, the label files and
+    report.html go (``None``: nothing is written, the report dictionary is still returned).
+    ``checkpoint``: keep finished work in ``out_dir/.checkpoint/<method>`` so the same call
+    resumes after an interruption. ``overrides``: config fields (typed values) over the preset.
+    ``extra``: more top-level report keys.
+    """
+    key = method_key(method)
+    if prepared is None:
+        prepared = prepare(model_path, data_path, preprocess=preprocess, max_samples=max_samples,
+                           allow_unsafe=allow_unsafe, model_version=model_version)
+    victim = prepared.victim
+    config = make_config(key, preset, overrides, victim.input_shape)
+    if out_dir is not None:
+        ensure_writable_dir(out_dir)
+    checkpoint_dir = None
+    if out_dir is not None and checkpoint:
+        checkpoint_dir = Path(out_dir) / CHECKPOINT_DIR / key
+    result: ScanResult = method_module(key).scan(
+        victim,
+        prepared.data,
+        preprocess=prepared.check.mode,
+        labels=labels,
+        config=config,
+        seed=int(seed),
+        progress=progress,
+        checkpoint_dir=checkpoint_dir,
+    )
+    context = prepared.context(seed, extra)
+    if out_dir is not None:
+        report = write_report(result, out_dir, context, html=html)
+    else:
+        from .report import build_report
+
+        report = build_report(result, context)
+    return result, report
+
+
+def ensure_writable_dir(path) -> Path:
+    """Create ``path`` (and parents) and check a file can be written there, before a long scan."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise TaborError(f"cannot write to the output folder {path}: {exc.strerror or exc}") from None
+    return path
+
+
+def unique_out_dir(base, *, resume_interrupted: bool = True) -> Path:
+    """``base``, or ``base-2``, ``base-3``... : the first that does not exist. With
+    ``resume_interrupted``, a folder holding an interrupted scan (a checkpoint, no report.json)
+    is reused so running the same command again resumes it."""
+    base = Path(base)
+    n = 1
+    while True:
+        candidate = base if n == 1 else base.with_name(f"{base.name}-{n}")
+        if not candidate.exists():
+            return candidate
+        if resume_interrupted and (candidate / CHECKPOINT_DIR).is_dir() and not (candidate / "report.json").exists():
+            return candidate
+        n += 1
+
+
+def default_out_dir(model_path, method: str, parent=".") -> Path:
+    """``scan-<model stem>-<method>`` in ``parent`` (never an existing finished report folder)."""
+    stem = Path(str(model_path).rstrip("/")).name
+    for suffix in (".keras", ".h5", ".hdf5"):
+        if stem.lower().endswith(suffix):
+            stem = stem[: -len(suffix)]
+    short = "nc" if method_key(method) == "neural_cleanse" else "tabor"
+    return unique_out_dir(Path(parent) / f"scan-{stem or 'model'}-{short}")

@@ -1,0 +1,154 @@
+"""report.json: schema, per-label files, strict JSON, atomic writes (constructed ScanResults, no TF)."""
+
+import json
+import os
+
+import cv2
+import numpy as np
+import pytest
+
+from tabor_tf import __version__
+from tabor_tf.errors import TaborError
+from tabor_tf.outliers import mad_test
+from tabor_tf.report import (SCHEMA_VERSION, ReportContext, atomic_write_json, build_report, dumps,
+                             load_label_array, load_report, method_key, write_report)
+from tabor_tf.results import LabelResult, ScanResult
+
+H, W = 8, 10
+REQUIRED = ("schema_version", "tool_version", "method", "model", "data", "preprocess", "seed", "settings",
+            "verdict", "flagged_labels", "anomaly_index", "mad", "seconds", "created", "labels")
+LABEL_KEYS = ("label", "score", "l1", "attack_success", "steps", "stop_reason", "seconds", "parts", "files")
+
+
+def scan_result(scores, method="tabor", nan_part=False):
+    rng = np.random.default_rng(0)
+    labels = []
+    for k, s in enumerate(scores):
+        mask = rng.uniform(0, 1, (H, W)).astype(np.float32)
+        pattern = rng.uniform(0, 255, (H, W, 3)).astype(np.float32)
+        parts = {"A": s, "acc_att": 0.99, "np_value": np.float32(0.5)}
+        if nan_part and k == 0:
+            parts["broken"] = float("nan")
+        labels.append(LabelResult(label=k, mask=mask, pattern=pattern, score=float(s), attack_success=0.99,
+                                  l1=float(mask.sum()), steps=10 + k, stop_reason="converged", seconds=0.1,
+                                  parts=parts))
+    mad = mad_test(scores, list(range(len(scores))))
+    return ScanResult(method=method, labels=labels, mad=mad, seconds=1.5, settings={"preset": "fast", "steps": 10},
+                      clean_accuracy=0.9)
+
+
+def context():
+    return ReportContext(
+        model={"path": "/m/model.h5", "sha256": "ab" * 32, "format": "keras3-h5", "input_shape": [H, W, 3],
+               "num_classes": 6, "output_kind": "logits"},
+        data={"path": "/d/data.npz", "format": "npz", "samples": 100, "labelled": True},
+        preprocess={"mode": "raw", "clean_accuracy": 0.9, "accuracies_by_mode": {"raw": 0.9}, "warnings": []},
+        seed=3,
+    )
+
+
+INFECTED = [10.0, 10.5, 9.5, 1.0, 10.2, 9.8]  # label 3 is a low outlier
+CLEAN = [10.0, 10.5, 9.5, 9.9, 10.2, 9.8]
+
+
+def test_report_schema_and_files(tmp_path):
+    result = scan_result(INFECTED)
+    report = write_report(result, tmp_path, context(), html=False)
+    on_disk = json.loads((tmp_path / "report.json").read_text(encoding="utf-8"))
+    assert on_disk == report
+    for key in REQUIRED:
+        assert key in report, key
+    assert report["schema_version"] == SCHEMA_VERSION
+    assert report["tool_version"] == __version__
+    assert report["method"] == "tabor"
+    assert report["verdict"] == "infected"
+    assert report["flagged_labels"] == [3] and all(type(v) is int for v in report["flagged_labels"])
+    assert report["anomaly_index"] == pytest.approx(result.mad.anomaly_index)
+    assert report["mad"]["threshold"] == 2.0 and report["mad"]["score"] == "a"
+    assert report["model"]["sha256"] == "ab" * 32 and report["seed"] == 3
+    assert [e["label"] for e in report["labels"]] == list(range(6))
+    for entry in report["labels"]:
+        for key in LABEL_KEYS:
+            assert key in entry, key
+        assert entry["flagged"] == (entry["label"] == 3)
+        src = result.by_label(entry["label"])
+        for kind, expected in (("mask", src.mask), ("pattern", src.pattern), ("fusion", src.fusion)):
+            png = tmp_path / entry["files"][f"{kind}_png"]
+            npy = tmp_path / entry["files"][f"{kind}_npy"]
+            assert not os.path.isabs(entry["files"][f"{kind}_png"])
+            img = cv2.imread(str(png), cv2.IMREAD_UNCHANGED)
+            assert img.shape[:2] == (H, W)
+            np.testing.assert_allclose(np.load(npy), expected, rtol=1e-6)
+        # the mask PNG is the mask scaled to 0..255
+        mask_png = cv2.imread(str(tmp_path / entry["files"]["mask_png"]), cv2.IMREAD_UNCHANGED)
+        np.testing.assert_allclose(mask_png, np.rint(src.mask * 255), atol=1)
+    # pattern PNG keeps RGB order on disk (cv2 reads BGR)
+    pat = cv2.cvtColor(cv2.imread(str(tmp_path / report["labels"][0]["files"]["pattern_png"])), cv2.COLOR_BGR2RGB)
+    np.testing.assert_allclose(pat, np.rint(result.labels[0].pattern), atol=1)
+    np.testing.assert_allclose(load_label_array(tmp_path, report, 3, "mask"), result.by_label(3).mask)
+    assert not [p for p in tmp_path.rglob("*") if p.name.endswith(".tmp")]
+
+
+def test_clean_report_and_nc_method(tmp_path):
+    report = write_report(scan_result(CLEAN, method="neural_cleanse"), tmp_path, context(), html=False)
+    assert report["verdict"] == "clean" and report["flagged_labels"] == []
+    assert report["method"] == "neural_cleanse" and report["mad"]["score"] == "l1"
+
+
+def test_strict_json_replaces_non_finite(tmp_path):
+    report = build_report(scan_result(INFECTED, nan_part=True), context())
+    assert report["labels"][0]["parts"]["broken"] is None
+    text = dumps(report)
+    json.loads(text)  # strict JSON: no NaN tokens
+    assert "NaN" not in text and "Infinity" not in text
+
+
+def test_load_report_checks_version(tmp_path):
+    write_report(scan_result(INFECTED), tmp_path, context(), html=False)
+    assert load_report(tmp_path)["flagged_labels"] == [3]
+    data = json.loads((tmp_path / "report.json").read_text())
+    data["schema_version"] = SCHEMA_VERSION + 1
+    (tmp_path / "report.json").write_text(json.dumps(data))
+    with pytest.raises(TaborError, match="schema version"):
+        load_report(tmp_path)
+    with pytest.raises(TaborError, match="no report"):
+        load_report(tmp_path / "missing")
+
+
+def test_atomic_write_keeps_old_file_on_failure(tmp_path, monkeypatch):
+    path = tmp_path / "report.json"
+    atomic_write_json(path, {"old": 1})
+
+    def boom(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", boom)
+    with pytest.raises(OSError):
+        atomic_write_json(path, {"new": 2})
+    monkeypatch.undo()
+    assert json.loads(path.read_text()) == {"old": 1}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.json"]
+
+
+def test_unwritable_output_is_a_tabor_error(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    with pytest.raises(TaborError, match="cannot write the report"):
+        write_report(scan_result(INFECTED), blocker / "out", context(), html=False)
+
+
+def test_method_key():
+    assert method_key("nc") == method_key("Neural-Cleanse") == "neural_cleanse"
+    assert method_key("TABOR") == "tabor"
+    with pytest.raises(TaborError):
+        method_key("strip")
+
+
+def test_report_extra_keys_and_context_mask_3d(tmp_path):
+    result = scan_result(INFECTED)
+    result.labels[1].mask = result.labels[1].mask[..., None]  # [H, W, 1] masks are accepted too
+    ctx = ReportContext(model=context().model, data=context().data, preprocess=context().preprocess, seed=0,
+                        extra={"trojan_probability": 0.9})
+    report = write_report(result, tmp_path, ctx, html=False)
+    assert report["trojan_probability"] == 0.9
+    assert np.load(tmp_path / report["labels"][1]["files"]["mask_npy"]).shape == (H, W)
