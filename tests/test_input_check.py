@@ -110,3 +110,19 @@ def test_internal_rescaling_prefers_raw(tmp_path, clean):
               "symmetric": {"diversity": 0.1, "confidence": 0.5}, "imagenet": {"diversity": 0.95, "confidence": 1.0}}
     assert choose_unlabelled(scores) == ("unit", "prediction diversity and confidence (no labels)")
     assert choose_unlabelled(scores, self_normalising=True)[0] == "unit"  # raw is not plausible here
+
+
+def test_auto_prefers_training_scale_over_overconfident_raw():
+    """A ReLU net trained on x/255 is nearly as accurate on raw 0..255 input, only over-confident:
+    the NLL tie-break must pick the training mode (unit) for the shipped demo victim."""
+    from pathlib import Path
+
+    from tabor_tf.data import CleanData
+    from tabor_tf.loading import load_victim
+    from tabor_tf.synthetic import make_signs
+
+    model = Path(__file__).resolve().parents[1] / "models" / "demo" / "square-br" / "model.h5"
+    x, y = make_signs(300, seed=777)
+    check = select_preprocess(load_victim(model), CleanData(x=x.astype("float32"), y=y, source="t", format="npz"))
+    assert check.accuracies_by_mode["raw"] >= check.accuracies_by_mode["unit"] - 0.02  # the trap is real
+    assert check.mode == "unit"
