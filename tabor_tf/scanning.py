@@ -30,6 +30,8 @@ SYNTHETIC = "synthetic"
 SYNTHETIC_DATA_SEED = 90_210
 SYNTHETIC_CLASSES = 43
 DEFAULT_MAX_SAMPLES = 1000
+# fewer clean images than this cannot support a trigger search or an attack-success estimate
+MIN_CLEAN_SAMPLES = 10
 # the clean-data subsample does not depend on the scan seed: different seeds see the same images
 DATA_SUBSAMPLE_SEED = 0
 CHECKPOINT_DIR = ".checkpoint"
@@ -259,7 +261,7 @@ def prepare(
         if data_path is None:
             raise DataError("no clean data given (--data PATH, or --data synthetic)")
         data = load_clean_data(data_path, image_shape=victim.input_shape, num_classes=victim.num_classes,
-                               limit=limit, seed=DATA_SUBSAMPLE_SEED)
+                               limit=limit, seed=DATA_SUBSAMPLE_SEED, min_samples=MIN_CLEAN_SAMPLES)
         data_label = os.path.abspath(str(data_path))
     check = select_preprocess(victim, data, preprocess or "auto")
     return Prepared(victim=victim, data=data, check=check, data_path=data_label, max_samples=limit)

@@ -1,0 +1,160 @@
+"""Verdict stability over seeds: the same scan run with seeds ``seed, seed+1, ..., seed+N-1``.
+
+    summary = run_scan_with_seeds(3, 0, "out", method="nc", prepared=prepared, overrides={...})
+    summary["majority_verdict"], summary["verdict_agreement"], summary["flagged_agreement"]
+
+Each seed's report goes to ``OUT/seed-<s>/`` (resumable like any scan); ``OUT/stability.json``
+holds the summary. Agreement is the fraction of seeds whose verdict (resp. flagged label set)
+equals the majority one; ties are broken towards ``infected`` (a gate should not pass a model
+that half the seeds flag) and, for flagged sets, towards the set seen first.
+
+Wiring into ``scan`` (3 lines in ``tabor_tf/commands/scan.py``)::
+
+    add_seed_arguments(parser)                                     # end of add_arguments
+    if args.seeds > 1:                                             # in run, after describe_inputs(...)
+        return run_seeds_for_scan(args, method=method, labels=labels, overrides=overrides,
+                                  prepared=prepared, out_dir=out_dir)
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections import Counter
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+STABILITY_NAME = "stability.json"
+
+
+def add_seed_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--seeds N``: run N seeds (``--seed``, ``--seed``+1, ...) and report their agreement."""
+    parser.add_argument("--seeds", type=int, default=1, metavar="N",
+                        help="run the scan with N seeds (--seed, --seed+1, ...) and report the verdict "
+                             "agreement; the majority verdict decides the exit status (default 1)")
+
+
+def seed_list(seed: int, n: int) -> list:
+    """``[seed, seed+1, ..., seed+n-1]``; ``TaborError`` for ``n < 1``."""
+    from .errors import TaborError
+
+    if int(n) < 1:
+        raise TaborError("--seeds must be >= 1")
+    return [int(seed) + i for i in range(int(n))]
+
+
+def summarise(per_seed: Sequence[dict]) -> dict:
+    """``[{"seed", "verdict", "flagged_labels", "anomaly_index", ...}]`` -> the agreement summary.
+
+    ``majority_verdict``: the most frequent verdict (tie: ``infected``); ``verdict_agreement``:
+    fraction of seeds with that verdict; ``majority_flagged``: the most frequent flagged set
+    (sorted list); ``flagged_agreement``: fraction of seeds with exactly that set.
+    """
+    if not per_seed:
+        raise ValueError("no seeds to summarise")
+    n = len(per_seed)
+    verdicts = Counter(r["verdict"] for r in per_seed)
+    top = max(verdicts.values())
+    majority = "infected" if verdicts.get("infected", 0) == top else "clean"
+    sets = [tuple(sorted(int(k) for k in r.get("flagged_labels") or ())) for r in per_seed]
+    counts = Counter(sets)
+    best = max(counts.values())
+    majority_set = next(s for s in sets if counts[s] == best)
+    return {
+        "seeds": [int(r["seed"]) for r in per_seed],
+        "per_seed": [dict(r) for r in per_seed],
+        "majority_verdict": majority,
+        "verdict_agreement": verdicts[majority] / n,
+        "majority_flagged": list(majority_set),
+        "flagged_agreement": counts[majority_set] / n,
+        "unanimous": len(verdicts) == 1 and len(counts) == 1,
+    }
+
+
+def seed_entry(seed: int, report: dict) -> dict:
+    """The per-seed line of a stability summary, from one report.json dictionary."""
+    return {
+        "seed": int(seed),
+        "verdict": report["verdict"],
+        "flagged_labels": [int(k) for k in report.get("flagged_labels") or ()],
+        "anomaly_index": report.get("anomaly_index"),
+        "seconds": report.get("seconds"),
+    }
+
+
+def run_with_seeds(n: int, seed: int, scan: Callable[[int], dict]) -> dict:
+    """Call ``scan(s)`` (-> report dict) for each of the ``n`` seeds and summarise the agreement."""
+    return summarise([seed_entry(s, scan(s)) for s in seed_list(seed, n)])
+
+
+def run_scan_with_seeds(n: int, seed: int, out_dir, *, report_dir: Optional[Callable[[int], Path]] = None,
+                        progress_for_seed: Optional[Callable[[int], object]] = None, **run_scan_kwargs) -> dict:
+    """``run_scan`` once per seed into ``out_dir/seed-<s>/``; writes ``out_dir/stability.json``.
+
+    ``run_scan_kwargs``: everything else ``tabor_tf.scanning.run_scan`` takes (method, prepared or
+    model/data paths, overrides, ...); the model is loaded once. ``progress_for_seed(s)``: a fresh
+    progress callback (e.g. a ``ProgressBar``, used as a context manager) for each seed's scan.
+    """
+    from .report import atomic_write_json
+    from .scanning import prepare, run_scan
+
+    out_dir = Path(out_dir)
+    if run_scan_kwargs.get("prepared") is None and run_scan_kwargs.get("model_path") is not None:
+        run_scan_kwargs["prepared"] = prepare(
+            run_scan_kwargs.pop("model_path"), run_scan_kwargs.pop("data_path", None),
+            preprocess=run_scan_kwargs.pop("preprocess", "auto"),
+            **{k: run_scan_kwargs.pop(k) for k in ("max_samples", "allow_unsafe", "model_version")
+               if k in run_scan_kwargs})
+    run_scan_kwargs.pop("seed", None)
+    where = report_dir or (lambda s: out_dir / f"seed-{s}")
+
+    def scan(s: int) -> dict:
+        if progress_for_seed is None:
+            _, report = run_scan(seed=s, out_dir=where(s), **run_scan_kwargs)
+            return report
+        bar = progress_for_seed(s)
+        with bar:
+            _, report = run_scan(seed=s, out_dir=where(s), progress=bar, **run_scan_kwargs)
+        return report
+
+    summary = run_with_seeds(n, seed, scan)
+    summary["reports"] = {str(s): str(where(s) / "report.json") for s in summary["seeds"]}
+    atomic_write_json(out_dir / STABILITY_NAME, summary)
+    return summary
+
+
+def exit_code(summary: dict) -> int:
+    """0 / 1 from the majority verdict (the ``tabor-tf`` convention)."""
+    return 1 if summary["majority_verdict"] == "infected" else 0
+
+
+def stability_lines(summary: dict) -> list:
+    """Short human lines: one per seed, then the agreement."""
+    lines = []
+    for r in summary["per_seed"]:
+        flagged = ",".join(str(k) for k in r["flagged_labels"]) or "-"
+        lines.append(f"seed {r['seed']:>4}  {r['verdict']:<8}  flagged {flagged}")
+    lines.append(f"majority {summary['majority_verdict']} (verdict agreement "
+                 f"{100 * summary['verdict_agreement']:.0f}%, flagged-set agreement "
+                 f"{100 * summary['flagged_agreement']:.0f}% on {{{','.join(map(str, summary['majority_flagged']))}}})")
+    return lines
+
+
+def run_seeds_for_scan(args, *, method: str, labels, overrides: dict, prepared, out_dir) -> int:
+    """The ``scan --seeds N`` branch: N scans of ``prepared`` into ``out_dir/seed-<s>/``, per-seed
+    lines and the agreement on stdout (``--json``: stability.json on stdout), exit 0 / 1 by the
+    majority verdict. ``args``: the parsed ``scan`` options (seed, seeds, preset, no_html, quiet, json)."""
+    import sys
+
+    from .report import dumps
+    from .terminal import ProgressBar
+
+    name = "TABOR" if method == "tabor" else "Neural Cleanse"
+    summary = run_scan_with_seeds(
+        args.seeds, args.seed, out_dir, method=method, labels=labels, preset=args.preset, overrides=overrides,
+        prepared=prepared, html=not getattr(args, "no_html", False),
+        progress_for_seed=lambda s: ProgressBar(f"{name} seed {s}", stream=sys.stderr, quiet=args.quiet))
+    if getattr(args, "json", False):
+        sys.stdout.write(dumps(summary))
+    elif not args.quiet:
+        print("\n".join(stability_lines(summary)) + f"\nreports: {out_dir}/seed-*/report.json, {out_dir}/{STABILITY_NAME}")
+    return exit_code(summary)
