@@ -44,8 +44,9 @@ def mad_test(scores, labels=None, threshold: float = 2.0) -> MadResult:
 
     ``scores``: one float per label; ``labels``: the label ids (default ``0..K-1``).
     A label is flagged when ``score <= median`` and ``|score - median| / mad > threshold``.
-    The model's anomaly index is that of the smallest score. With MAD = 0 (all equal scores),
-    nothing is flagged and the index is 0.
+    The model's anomaly index is that of the smallest score. With MAD = 0 (at least half the
+    scores equal the median) the reference divides by zero: a score below the median then has
+    an infinite index and is flagged, one at the median has index 0; all equal -> nothing flagged.
     """
     s = np.asarray(scores, dtype=np.float64).reshape(-1)
     if labels is None:
@@ -60,7 +61,7 @@ def mad_test(scores, labels=None, threshold: float = 2.0) -> MadResult:
     median = float(np.median(s))
     mad = float(CONSISTENCY * np.median(np.abs(s - median)))
     if mad <= 0.0:
-        idx = np.zeros_like(s)
+        idx = np.where(s < median, -np.inf, np.where(s > median, np.inf, 0.0))
     else:
         idx = (s - median) / mad
     anomaly = float(abs(idx[int(np.argmin(s))]))
