@@ -50,6 +50,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true",
                         help="print report.json to stdout (the summary then goes to stderr)")
     parser.add_argument("--no-html", action="store_true", help="do not write report.html")
+    from ..stability import add_seed_arguments
+
+    add_seed_arguments(parser)
 
 
 def describe_inputs(prepared, quiet: bool, stream=None) -> None:
@@ -100,6 +103,11 @@ def run(args) -> int:
                        allow_unsafe=args.allow_unsafe_deserialization, model_version=args.model_version)
     out_dir = args.out or default_out_dir(args.model, method)
     describe_inputs(prepared, args.quiet, info)
+    if args.seeds > 1:
+        from ..stability import run_seeds_for_scan
+
+        return run_seeds_for_scan(args, method=method, labels=labels, overrides=overrides, prepared=prepared,
+                                  out_dir=out_dir)
     say(f"method       {'TABOR' if method == 'tabor' else 'Neural Cleanse'} -> {out_dir}", stream=info,
         quiet=args.quiet)
     bar = ProgressBar("TABOR" if method == "tabor" else "Neural Cleanse", stream=info, quiet=args.quiet)
