@@ -1,0 +1,212 @@
+"""``scan``: TABOR on every candidate label at once, the quality metric A, the MAD test on A.
+
+Flow: clean data -> reference labels (true labels, or the model's own predictions when the data
+has none) -> ``engine`` (all labels' triggers, hyperparameter augmentation) -> ``explain``
+(acc_att, acc_crop, acc_exp on ``eval_images`` clean images) -> ``quality`` (A and its parts)
+-> ``mad_test`` on A (low side) -> ``ScanResult(method="tabor")``.
+
+With ``checkpoint_dir`` the finished triggers are saved (``tabor_triggers.npz`` + a fingerprint
+of model, data, settings and seed); a later scan with the same fingerprint reuses them and only
+recomputes the metric and the decision.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from tabor_tf.errors import DataError, TaborError
+from tabor_tf.outliers import mad_test
+from tabor_tf.preprocess import resolve_mode
+from tabor_tf.progress import ProgressFn, emit
+from tabor_tf.results import LabelResult, ScanResult
+
+from . import quality
+from .engine import EngineResult, TriggerEngine
+from .explain import TriggerEvaluator
+from .presets import TERM_NAMES, TaborConfig, default_preset_for, preset
+
+METHOD = "tabor"
+CHECKPOINT_FILE = "tabor_triggers.npz"
+# settings that change only the metric or the decision, not the optimised triggers
+_NOT_IN_FINGERPRINT = ("preset", "eval_images", "footprint_threshold", "explain_fraction", "mad_threshold",
+                       "max_images_per_step", "label_bucket")
+
+
+def _clean_arrays(victim, data):
+    x = getattr(data, "x", data)
+    y = getattr(data, "y", None)
+    try:
+        x = np.asarray(x, dtype=np.float32)
+    except (TypeError, ValueError):
+        raise DataError("clean images must be a numeric array [N, H, W, C]") from None
+    shape = tuple(int(v) for v in victim.input_shape)
+    if x.ndim != 4 or tuple(x.shape[1:]) != shape:
+        raise DataError(f"clean images have shape {tuple(x.shape)}; the model expects [N, {', '.join(map(str, shape))}]")
+    if x.shape[0] < 1:
+        raise DataError("no clean images given")
+    if not np.all(np.isfinite(x)):
+        raise DataError("clean images contain NaN or infinite values")
+    if y is not None:
+        y = np.asarray(y).reshape(-1).astype(np.int64)
+        if len(y) != len(x):
+            raise DataError(f"{len(y)} labels for {len(x)} clean images")
+        if len(y) and (y.min() < 0 or y.max() >= int(victim.num_classes)):
+            raise DataError(f"clean labels must be in 0..{int(victim.num_classes) - 1}")
+    return x, y
+
+
+def scan_labels(num_classes: int, labels: Optional[Sequence[int]]) -> list:
+    chosen = sorted({int(v) for v in (range(num_classes) if labels is None else labels)})
+    bad = [v for v in chosen if not 0 <= v < num_classes]
+    if bad:
+        raise TaborError(f"label(s) {bad} out of range for a model with {num_classes} classes")
+    if len(chosen) < 3:
+        raise TaborError(f"TABOR's outlier test needs at least 3 candidate labels, got {len(chosen)}")
+    return chosen
+
+
+def _fingerprint(victim, x, mode: str, config: TaborConfig, seed: int, labels: list) -> str:
+    settings = {k: v for k, v in config.to_dict().items() if k not in _NOT_IN_FINGERPRINT}
+    key = {
+        "settings": settings, "seed": int(seed), "preprocess": mode, "labels": labels,
+        "data": hashlib.sha256(np.ascontiguousarray(x).tobytes()).hexdigest(),
+        "model": getattr(victim, "sha256", None) or [list(victim.input_shape), int(victim.num_classes)],
+    }
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def save_triggers(directory, result: EngineResult, fingerprint: str) -> Path:
+    """Write the engine's result atomically to ``directory/tabor_triggers.npz``."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / CHECKPOINT_FILE
+    tmp = directory / (CHECKPOINT_FILE + ".tmp")
+    meta = {"fingerprint": fingerprint, "stop_reasons": result.stop_reasons, "labels": result.labels,
+            "image_steps": result.image_steps, "wall_seconds": result.wall_seconds}
+    with open(tmp, "wb") as fh:
+        np.savez(fh, masks=result.masks, patterns=result.patterns, steps=result.steps,
+                 round_success=result.round_success, reached=result.reached, lambdas=result.lambdas,
+                 best_terms=result.best_terms, seconds=result.seconds, meta=np.array(json.dumps(meta)))
+    os.replace(tmp, path)
+    return path
+
+
+def load_triggers(directory, fingerprint: str) -> Optional[EngineResult]:
+    """The saved engine result when its fingerprint matches, else None."""
+    path = Path(directory) / CHECKPOINT_FILE
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            meta = json.loads(str(z["meta"]))
+            if meta.get("fingerprint") != fingerprint:
+                return None
+            return EngineResult(labels=meta["labels"], masks=z["masks"], patterns=z["patterns"], steps=z["steps"],
+                                stop_reasons=meta["stop_reasons"], round_success=z["round_success"],
+                                reached=z["reached"], lambdas=z["lambdas"], best_terms=z["best_terms"],
+                                seconds=z["seconds"], image_steps=int(meta["image_steps"]),
+                                wall_seconds=float(meta["wall_seconds"]))
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def reference_labels(victim, x: np.ndarray, y: Optional[np.ndarray], mode: str) -> tuple:
+    """``(y_ref, clean_accuracy, source)``: the data's labels, or the model's predictions when none."""
+    pred = _predict(victim, x, mode)
+    if y is None:
+        return pred, None, "model predictions"
+    return y, float(np.mean(pred == y)), "labels"
+
+
+def _predict(victim, x: np.ndarray, mode: str, batch: int = 256) -> np.ndarray:
+    import tensorflow as tf
+
+    from tabor_tf.preprocess import preprocess as preprocess_fn
+
+    fn = tf.function(lambda v: tf.argmax(victim.logits(preprocess_fn(v, mode)), axis=-1),
+                     input_signature=[tf.TensorSpec([None, *x.shape[1:]], tf.float32)])
+    return np.concatenate([fn(tf.constant(x[s:s + batch])).numpy() for s in range(0, len(x), batch)]).astype(np.int64)
+
+
+def eval_subset(n: int, size: int, seed: int) -> np.ndarray:
+    """Indices of the clean images the metric is computed on (all when ``n <= size``)."""
+    if n <= size:
+        return np.arange(n)
+    return np.sort(np.random.default_rng([int(seed), 0xE7A1]).choice(n, size=size, replace=False))
+
+
+def score_triggers(victim, x, y_ref, result: EngineResult, config: TaborConfig, mode: str, seed: int) -> list:
+    """Quality parts (``quality.quality_parts``) of every label's trigger, plus the raw accuracies."""
+    sel = eval_subset(len(x), int(config.eval_images), seed)
+    evaluator = TriggerEvaluator(victim.logits, mode, config.explain_fraction)
+    acc = evaluator.evaluate(x[sel], y_ref[sel], result.masks, result.patterns, result.labels,
+                             max_images=config.max_images_per_step)
+    out = []
+    for i in range(len(result.labels)):
+        parts = quality.quality_parts(result.masks[i], acc["acc_att"][i], acc["acc_crop"][i], acc["acc_exp"][i],
+                                      len(sel), config.footprint_threshold)
+        parts.update(acc_att=float(acc["acc_att"][i]), acc_crop=float(acc["acc_crop"][i]),
+                     acc_exp=float(acc["acc_exp"][i]), explanation_pixels=int(acc["vote"][i].sum()))
+        out.append(parts)
+    return out
+
+
+def scan(victim, data, *, preprocess: str, labels: Optional[Sequence[int]] = None,
+         config: Optional[TaborConfig] = None, seed: int = 0, progress: ProgressFn = None,
+         checkpoint_dir=None, strategy=None) -> ScanResult:
+    """Scan ``victim`` with TABOR on the clean ``data`` (``CleanData`` or an array ``[N,H,W,C]`` raw).
+
+    ``preprocess``: the mode that maps raw pixels to the model's input (not ``auto``).
+    ``labels``: candidate targets (default all). ``config``: a ``TaborConfig`` (default: the
+    ``gtsrb`` preset for inputs up to 64 px, ``imagenet`` above). ``strategy``: a
+    ``tf.distribute`` strategy whose scope holds the variables (default: the current one).
+    """
+    started = time.perf_counter()
+    mode = resolve_mode(preprocess)
+    if mode == "auto":
+        raise TaborError("scan needs a concrete preprocessing mode; resolve 'auto' first (input_check)")
+    x, y = _clean_arrays(victim, data)
+    config = config or preset(default_preset_for(victim.input_shape))
+    chosen = scan_labels(int(victim.num_classes), labels)
+    y_ref, clean_acc, y_source = reference_labels(victim, x, y, mode)
+    notes = []
+    fingerprint = _fingerprint(victim, x, mode, config, seed, chosen)
+    result = load_triggers(checkpoint_dir, fingerprint) if checkpoint_dir else None
+    if result is not None:
+        notes.append(f"triggers of {len(chosen)} labels reused from {Path(checkpoint_dir) / CHECKPOINT_FILE}")
+    else:
+        engine = TriggerEngine(victim.logits, x, y_ref, chosen, config, preprocess=mode, seed=seed, strategy=strategy)
+        result = engine.run(progress, method=METHOD)
+        if checkpoint_dir:
+            save_triggers(checkpoint_dir, result, fingerprint)
+    scores = score_triggers(victim, x, y_ref, result, config, mode, seed)
+    a_values = [p["A"] for p in scores]
+    mad = mad_test(a_values, chosen, threshold=config.mad_threshold)
+    label_results = []
+    for i, lab in enumerate(chosen):
+        parts = dict(scores[i])
+        parts["lambdas"] = {n: float(v) for n, v in zip(TERM_NAMES, result.lambdas[i])}
+        parts["terms"] = {n: float(v) for n, v in zip(TERM_NAMES, result.best_terms[i])}
+        parts["round_success"] = float(result.round_success[i])
+        parts["reached_threshold"] = bool(result.reached[i])
+        mask = np.asarray(result.masks[i], np.float32)
+        label_results.append(LabelResult(
+            label=lab, mask=mask, pattern=np.asarray(result.patterns[i], np.float32), score=float(parts["A"]),
+            attack_success=float(parts["acc_att"]), l1=float(np.sum(np.abs(mask), dtype=np.float64)),
+            steps=int(result.steps[i]), stop_reason=result.stop_reasons[i], seconds=float(result.seconds[i]),
+            parts=parts))
+        emit(progress, method=METHOD, labels_done=i + 1, labels_total=len(chosen), step=int(result.steps[i]),
+             max_steps=int(config.steps), label=lab, message=f"label {lab} scored: A={parts['A']:.3f}")
+    settings = dict(config.to_dict(), seed=int(seed), labels=chosen, preprocess=mode, reference_labels=y_source,
+                    eval_images_used=int(min(len(x), config.eval_images)), image_steps=int(result.image_steps),
+                    optimise_seconds=float(result.wall_seconds),
+                    images_per_second=float(result.images_per_second))
+    return ScanResult(method=METHOD, labels=label_results, mad=mad, seconds=time.perf_counter() - started,
+                      settings=settings, clean_accuracy=clean_acc, notes=notes)

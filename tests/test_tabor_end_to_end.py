@@ -1,0 +1,86 @@
+"""TABOR end to end on the tiny victims of conftest: detection, result contents, checkpoints, errors."""
+
+import json
+
+import numpy as np
+import pytest
+
+from tabor_tf.data import load_clean_data
+from tabor_tf.errors import DataError, TaborError
+from tabor_tf.loading import load_victim
+from tabor_tf.tabor import METHOD, TERM_NAMES, preset, scan
+from tabor_tf.tabor.quality import PART_NAMES
+
+SEED = 0
+
+
+def fast(**kw):
+    return preset("fast", **kw)
+
+
+def load(v, limit=300):
+    return load_victim(v.model_path), load_clean_data(v.data_path, limit=limit, seed=0)
+
+
+def test_infected_model_flags_its_target(tiny_infected_victim):
+    victim, data = load(tiny_infected_victim)
+    events = []
+    res = scan(victim, data, preprocess=tiny_infected_victim.preprocess, config=fast(), seed=SEED,
+               progress=events.append)
+    assert res.method == METHOD and res.verdict == "infected"
+    assert res.flagged_labels == tiny_infected_victim.targets == [7]
+    target = res.by_label(7)
+    assert target.attack_success > 0.9 and target.score == min(r.score for r in res.labels)
+    # the restored trigger sits on the true one (bottom-right 4x4 square with a 1 px margin)
+    assert target.mask[26:31, 26:31].sum() > 0.5 * target.mask.sum()
+    # every label reports the five parts of A, its lambdas and its terms
+    for r in res.labels:
+        assert set(PART_NAMES) <= set(r.parts) and r.parts["A"] == pytest.approx(r.score)
+        assert r.score == pytest.approx(sum(r.parts[k] for k in PART_NAMES))
+        assert set(r.parts["lambdas"]) == set(TERM_NAMES) and set(r.parts["terms"]) == set(TERM_NAMES)
+        assert r.l1 == pytest.approx(float(r.mask.sum()), rel=1e-4) and r.steps > 0
+        json.dumps(r.summary())
+    assert res.settings["preset"] == "fast" and res.settings["seed"] == SEED
+    assert res.settings["image_steps"] > 0 and res.clean_accuracy > 0.9
+    assert events and events[-1].labels_done == 10 and {e.method for e in events} == {METHOD}
+
+
+def test_clean_model_flags_nothing(tiny_clean_victim):
+    victim, data = load(tiny_clean_victim)
+    res = scan(victim, data, preprocess=tiny_clean_victim.preprocess, config=fast(), seed=SEED)
+    assert res.verdict == "clean" and res.flagged_labels == []
+
+
+def test_two_targets_are_both_flagged(tiny_two_target_victim):
+    victim, data = load(tiny_two_target_victim)
+    res = scan(victim, data, preprocess=tiny_two_target_victim.preprocess, config=fast(), seed=SEED)
+    assert set(tiny_two_target_victim.targets) <= set(res.flagged_labels)
+
+
+def test_checkpoint_reuse_unlabelled_data_and_input_errors(tiny_infected_victim, tmp_path):
+    victim, data = load(tiny_infected_victim, limit=120)
+    cfg = fast(steps=16, round_steps=8, eval_images=60)
+    first = scan(victim, data.x, preprocess="unit", labels=[0, 7, 3], config=cfg, checkpoint_dir=tmp_path)
+    assert res_labels(first) == [0, 3, 7] and first.clean_accuracy is None  # plain array: no labels
+    assert first.settings["reference_labels"] == "model predictions"
+    events = []
+    # another metric setting reuses the triggers: no optimisation round runs again
+    again = scan(victim, data.x, preprocess="unit", labels=[7, 0, 3], checkpoint_dir=tmp_path, progress=events.append,
+                 config=fast(steps=16, round_steps=8, eval_images=60, mad_threshold=3.0))
+    assert all(e.message.startswith("label") for e in events) and any("reused" in n for n in again.notes)
+    for a, b in zip(first.labels, again.labels):
+        np.testing.assert_array_equal(a.mask, b.mask)
+    with pytest.raises(DataError, match="shape"):
+        scan(victim, data.x[:, :16], preprocess="unit", config=cfg)
+    with pytest.raises(TaborError, match="at least 3"):
+        scan(victim, data.x, preprocess="unit", labels=[1, 2], config=cfg)
+    with pytest.raises(TaborError, match="auto"):
+        scan(victim, data.x, preprocess="auto", config=cfg)
+    with pytest.raises(TaborError, match="out of range"):
+        scan(victim, data.x, preprocess="unit", labels=[0, 1, 10], config=cfg)
+    with pytest.raises(TaborError, match="unknown TABOR setting"):
+        preset("fast", stepz=3)
+
+
+def res_labels(res):
+    return [r.label for r in res.labels]

@@ -1,0 +1,88 @@
+"""TABOR's loss terms (eq. 10-11) on hand-computed values, and their per-label independence."""
+
+import math
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tabor_tf.tabor import objective as obj
+
+
+def t(v):
+    return tf.constant(np.asarray(v, np.float32))
+
+
+def test_elastic_net_and_l1_by_hand():
+    v = t([[[0.5, -1.0], [0.0, 2.0]], [[1.0, 1.0], [1.0, 1.0]]])  # two labels, 2x2
+    # label 0: |.|_1 = 3.5, |.|_2^2 = 0.25 + 1 + 0 + 4 = 5.25 ; label 1: 4 + 4
+    np.testing.assert_allclose(obj.elastic_net(v).numpy(), [8.75, 8.0], rtol=1e-6)
+    np.testing.assert_allclose(obj.l1_norm(v).numpy(), [3.5, 4.0], rtol=1e-6)
+
+
+def test_smoothness_by_hand_on_3x3():
+    v = np.zeros((1, 3, 3, 1), np.float32)
+    v[0, 0, 1, 0], v[0, 2, 2, 0] = 1.0, 2.0
+    # along W: row 0 (0,1,0): 1 + 1; row 2 (0,0,2): 4 -> 6 ; along H: col 1 (1,0,0): 1; col 2 (0,0,2): 4 -> 5
+    assert float(obj.smoothness(t(v))[0]) == pytest.approx(11.0)
+    # channels add up, a constant image is perfectly smooth
+    two = np.concatenate([v, 2 * v], axis=-1)
+    assert float(obj.smoothness(t(two))[0]) == pytest.approx(11.0 * 5)
+    assert float(obj.smoothness(t(np.full((1, 3, 3, 3), 7.0)))[0]) == 0.0
+
+
+def test_pattern_outside_scale():
+    mask = t(np.full((1, 2, 2, 1), 0.25))
+    pattern = t(np.full((1, 2, 2, 3), 255.0))
+    np.testing.assert_allclose(obj.pattern_outside(mask, pattern, "unit").numpy(), 0.75, rtol=1e-6)
+    np.testing.assert_allclose(obj.pattern_outside(mask, pattern, "raw").numpy(), 191.25, rtol=1e-6)
+
+
+def test_shape_terms_by_hand():
+    mask = np.full((2, 2, 2, 1), 0.5, np.float32)
+    mask[1, 0, 0, 0] = 1.0  # label 1: one pixel fully in the trigger
+    pattern = np.full((2, 2, 2, 3), 255.0, np.float32)
+    terms = obj.shape_terms(t(mask), t(pattern)).numpy()
+    # label 0: elastic(M) = 4 * (0.5 + 0.25) = 3; Delta' = 0.5 on 12 values: 12 * 0.75 = 9; both smooth
+    np.testing.assert_allclose(terms[0], [3.0, 9.0, 0.0, 0.0], rtol=1e-6)
+    # label 1: elastic(M) = 3 * 0.75 + 2 = 4.25; Delta' = 0 at (0,0), 0.5 elsewhere: 9 * 0.75 = 6.75
+    # smooth(M): (0,0) differs by 0.5 from its 2 neighbours -> 2 * 0.25; Delta' the same on 3 channels
+    np.testing.assert_allclose(terms[1], [4.25, 6.75, 0.5, 1.5], rtol=1e-6)
+    l1 = obj.shape_terms(t(mask), t(pattern), pattern_regularizer="l1").numpy()
+    np.testing.assert_allclose(l1[:, 1], [6.0, 4.5], rtol=1e-6)
+
+
+def test_cross_entropy_terms_by_hand():
+    logits = t([[[2.0, 0.0, 0.0], [0.0, 0.0, 5.0]]])  # one label, batch of 2, 3 classes
+    p = tf.nn.softmax(logits).numpy()[0]
+    ce_att = obj.attack_loss(logits, t([0]).numpy().astype(np.int32)).numpy()
+    assert ce_att[0] == pytest.approx(-(math.log(p[0, 0]) + math.log(p[1, 0])) / 2, rel=1e-5)
+    ce_block = obj.blocking_loss(logits, np.array([0, 2], np.int32)).numpy()
+    assert ce_block[0] == pytest.approx(-(math.log(p[0, 0]) + math.log(p[1, 2])) / 2, rel=1e-5)
+    alone = obj.overlay_loss(t([[1.0, 1.0, 1.0], [0.0, 3.0, 0.0]]), np.array([2, 1], np.int32)).numpy()
+    np.testing.assert_allclose(alone, [math.log(3.0), -math.log(math.exp(3) / (2 + math.exp(3)))], rtol=1e-5)
+    hits = obj.attack_hits(logits, np.array([2], np.int32)).numpy()
+    assert hits[0] == pytest.approx(0.5)
+
+
+def test_total_loss_weights_terms_and_labels_stay_independent():
+    terms = t([[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], [1.0, 1.0, 1.0, 1.0, 1.0, 1.0]])
+    lambdas = t([[1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6], [1.0, 0.0, 0.0, 0.0, 0.0, 2.0]])
+    out = obj.total_loss(t([0.5, 0.25]), terms, lambdas).numpy()
+    np.testing.assert_allclose(out, [0.5 + 0.1 + 0.02 + 0.003 + 0.0004 + 0.00005 + 0.000006, 3.25], rtol=1e-6)
+    # the gradient of the summed per-label losses w.r.t. label 0's mask ignores label 1
+    rng = np.random.default_rng(0)
+    mask = tf.Variable(rng.uniform(0, 1, (2, 3, 3, 1)).astype(np.float32))
+    pattern = t(rng.uniform(0, 255, (2, 3, 3, 3)))
+
+    def grad_of_label0(scale_label1):
+        with tf.GradientTape() as tape:
+            m = mask * tf.constant([[[[1.0]]], [[[scale_label1]]]])
+            total = tf.reduce_sum(obj.total_loss(tf.zeros([2]), obj_terms(m, pattern), lambdas))
+        return tape.gradient(total, mask).numpy()[0]
+
+    def obj_terms(m, p):
+        four = obj.shape_terms(m, p)
+        return tf.concat([four, tf.zeros([2, 2])], axis=1)
+
+    np.testing.assert_allclose(grad_of_label0(1.0), grad_of_label0(0.3), rtol=1e-6)
