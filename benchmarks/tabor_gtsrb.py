@@ -89,12 +89,17 @@ def main(argv=None) -> int:
             "mask_l1": float(r.l1), "footprint_pixels": int(r.parts["footprint_pixels"]),
             "attack_success": float(r.attack_success), "steps": int(r.steps), "stop_reason": r.stop_reason,
         }
+    extra = {str(lab): {"parts": {k: float(res.by_label(lab).parts[k]) for k in PARTS},
+                        "anomaly_index": float(res.mad.label_indices[lab]),
+                        "mask_l1": float(res.by_label(lab).l1)}
+             for lab in res.flagged_labels if lab not in targets}
     symbol = correctness(res.flagged_labels, targets)
     out = {
         "victim": args.victim, "model_sha256": getattr(victim, "sha256", None), "targets": targets,
         "verdict": res.verdict, "flagged_labels": res.flagged_labels, "correctness": symbol,
         "correctness_name": SYMBOL_NAMES[symbol], "anomaly_index": float(res.mad.anomaly_index),
-        "median_parts": median, "targets_detail": per_target,
+        "median_parts": median, "targets_detail": per_target, "extra_flagged": extra,
+        "mad": {"median": float(res.mad.median), "mad": float(res.mad.mad), "threshold": float(res.mad.threshold)},
         "images": len(x), "labels": len(res.labels), "seed": args.seed,
         "wall_seconds": wall, "optimise_seconds": res.settings["optimise_seconds"],
         "image_steps": res.settings["image_steps"], "stamped_images_per_second": res.settings["images_per_second"],
@@ -112,6 +117,9 @@ def main(argv=None) -> int:
         f = d["fidelity"]
         print(f"  fidelity precision {f['precision']:.3f} recall {f['recall']:.3f} F1 {f['f1']:.3f}"
               f"  mask L1 {d['mask_l1']:.1f}  steps {d['steps']} ({d['stop_reason']})")
+    for lab, d in extra.items():
+        print(f"extra {lab}: " + "  ".join(f"{k} {d['parts'][k]:+.3f}" for k in PARTS)
+              + f"  index {d['anomaly_index']:+.2f}  mask L1 {d['mask_l1']:.1f}")
     print(f"wall {wall:.1f} s  (optimisation {out['optimise_seconds']:.1f} s, "
           f"{out['stamped_images_per_second']:.0f} stamped images/s, {out['image_steps']} image-steps)  stop {out['stop_reasons']}")
     if args.json:

@@ -108,3 +108,39 @@ def test_settings_follow_the_config():
     s = aug.settings_from_config(cfg)
     assert s.max_rounds == 10 and s.phi == 0.8 and s.multiplier == 3.0
     np.testing.assert_allclose(s.start_lambdas, cfg.lambdas)
+
+
+def test_patience_needs_consecutive_stable_rounds():
+    s = settings(min_rounds=1, max_rounds=20, patience=3)
+    st = aug.initial_state(1, s)
+    terms = np.array([[50.0, 20.0, 4.0, 3.0, 0.5, 0.001]])
+    sequence = [terms, terms, terms * 1.5, terms * 1.5, terms * 1.5, terms * 1.5]  # stable, stable, jump, ...
+    active = []
+    for t in sequence:
+        st, _ = run(st, t, [1.0], s)
+        active.append(bool(st.active.numpy()[0]))
+    # rounds 2 is stable once; the jump resets the count; rounds 4, 5, 6 are three stable rounds in a row
+    assert active == [True, True, True, True, True, False]
+    assert st.stop_code.numpy()[0] == aug.CONVERGED
+
+
+def test_presets_follow_table_3_and_validate():
+    from tabor_tf.errors import TaborError
+    from tabor_tf.tabor import PRESET_NAMES, TaborConfig
+    from tabor_tf.tabor.presets import default_preset_for
+
+    assert set(PRESET_NAMES) == {"gtsrb", "imagenet", "fast"}
+    g, i = preset("gtsrb"), preset("imagenet")
+    assert (g.l1, g.l2, g.l3, g.l4, g.l6) == (1e-6, 1e-5, 1e-7, 1e-8, 1e-2) and g.pattern_regularizer == "elastic"
+    assert (i.l1, i.l2, i.l3, i.l4, i.l6) == (1e-3, 1e-5, 1e-6, 1e-9, 1e-2) and i.pattern_regularizer == "l1"
+    assert preset("lfw") == i and preset("fast").steps < g.steps
+    d = preset("fast", steps=7, l6=0.5).to_dict()
+    assert d["steps"] == 7 and d["l6"] == 0.5 and d["preset"] == "fast"
+    assert TaborConfig(**d) == preset("fast", steps=7, l6=0.5)  # to_dict round-trips
+    assert default_preset_for((32, 32, 3)) == "gtsrb" and default_preset_for((224, 224, 3)) == "imagenet"
+    for bad in (dict(steps=0), dict(attack_threshold=1.5), dict(lambda_multiplier=1.0), dict(l3=-1.0),
+                dict(pattern_scale="pixels"), dict(blocking_batch_size=99), dict(footprint_threshold=1.0)):
+        with pytest.raises(TaborError):
+            preset("gtsrb", **bad)
+    with pytest.raises(TaborError, match="unknown TABOR preset"):
+        preset("mnist")

@@ -1,7 +1,6 @@
 """The all-labels TABOR engine: batching, chunking, dropping labels, Adam, strategies."""
 
 import numpy as np
-import pytest
 import tensorflow as tf
 
 from tabor_tf.tabor import preset
