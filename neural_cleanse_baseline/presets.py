@@ -8,10 +8,11 @@ Both share lr 0.1, Adam betas 0.5 / 0.9, batch 32, 1000 // 32 = 31 mini-batches 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass
 from typing import Optional
 
 from tabor_tf.errors import TaborError
+from tabor_tf.settings import with_overrides
 
 from .schedule import ScheduleSettings
 
@@ -102,8 +103,4 @@ def preset(name: str = "gtsrb", **overrides) -> NCConfig:
     key = str(name).strip().lower().replace("_", "-")
     if key not in PRESETS:
         raise TaborError(f"unknown Neural Cleanse preset {name!r}; choose one of {', '.join(PRESETS)}")
-    known = {f.name for f in fields(NCConfig)}
-    unknown = sorted(set(overrides) - known)
-    if unknown:
-        raise TaborError(f"unknown Neural Cleanse setting(s): {', '.join(unknown)}")
-    return replace(PRESETS[key], **overrides)
+    return with_overrides(PRESETS[key], overrides, "Neural Cleanse")

@@ -11,9 +11,10 @@ from Table 3: ``l5`` (R3) is 1e-4, a value of the paper's own sensitivity grid (
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass
 
 from tabor_tf.errors import TaborError
+from tabor_tf.settings import with_overrides
 
 TERM_NAMES = ("mask_elastic", "pattern_elastic", "mask_smooth", "pattern_smooth", "blocking", "overlay")
 
@@ -127,11 +128,7 @@ def preset(name: str = "gtsrb", **overrides) -> TaborConfig:
         key = "imagenet"
     if key not in _PRESETS:
         raise TaborError(f"unknown TABOR preset {name!r}; choose one of {', '.join(PRESET_NAMES)}")
-    known = {f.name for f in fields(TaborConfig)}
-    bad = sorted(set(overrides) - known)
-    if bad:
-        raise TaborError(f"unknown TABOR setting(s) {', '.join(bad)}")
-    return replace(TaborConfig(preset=key, **_PRESETS[key]), **overrides)
+    return with_overrides(TaborConfig(preset=key, **_PRESETS[key]), overrides, "TABOR")
 
 
 def default_preset_for(input_shape) -> str:
