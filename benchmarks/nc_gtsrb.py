@@ -22,15 +22,6 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
-def _value(text: str):
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return {"true": True, "false": False, "none": None}.get(text.lower(), text)
-
-
 def _targets_from_card(path):
     if not path:
         return []
@@ -80,8 +71,9 @@ def main(argv=None) -> int:
         if args.card:
             with open(args.card) as fh:
                 args.preprocess = json.load(fh).get("preprocessing", "raw")
-    overrides = dict(kv.split("=", 1) for kv in args.set)
-    overrides = {k: _value(v) for k, v in overrides.items()}
+    from tabor_tf.scanning import parse_overrides
+
+    overrides = parse_overrides(args.set, "nc")
     targets = _targets_from_card(args.card) or [33]
     if "suspected_target" not in overrides and len(targets) == 1:
         overrides["suspected_target"] = targets[0]  # the reference script scans Y_TARGET first

@@ -24,24 +24,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
+from tabor_tf.scanning import parse_overrides  # noqa: E402
+
 PARTS = ("sparsity", "smoothness", "attack", "crop", "explanation", "A")
-
-
-def _value(text: str):
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return text
-
-
-def parse_overrides(items) -> dict:
-    out = {}
-    for item in items or []:
-        key, _, value = item.partition("=")
-        out[key.strip()] = _value(value.strip())
-    return out
 
 
 def clean_subset(path: str, n: int, seed: int):
@@ -72,7 +57,7 @@ def main(argv=None) -> int:
     victim = load_victim(os.path.join(args.victim, card.data["model_file"]))
     x, y = clean_subset(args.data, args.images, args.seed)
     data = CleanData(x=x, y=y, source=args.data, format="npz")
-    config = preset(args.preset, **parse_overrides(args.set))
+    config = preset(args.preset, **parse_overrides(args.set, "tabor"))
     started = time.perf_counter()
     res = scan(victim, data, preprocess=card.data["preprocessing"], config=config, seed=args.seed)
     wall = time.perf_counter() - started
