@@ -61,6 +61,8 @@ def _clean_arrays(victim, data):
 
 def _fingerprint(victim, x, mode: str, config: NCConfig, seed: int) -> str:
     settings = {k: v for k, v in config.to_dict().items() if k not in _NOT_IN_FINGERPRINT}
+    if config.scheduler == "none":  # a faithful label's result does not depend on the scheduler's knobs
+        settings = {k: v for k, v in settings.items() if not k.startswith("scheduler")}
     key = {
         "settings": settings,
         "seed": int(seed),
@@ -156,6 +158,43 @@ def _clean_accuracy(victim, x, y, mode: str) -> Optional[float]:
     return hits / len(x)
 
 
+# ----- the budget scheduler (not part of Neural Cleanse; NCConfig.scheduler="retire") ---------
+def _warm_up_and_retire(cfg: NCConfig, order: list, run_label, checkpoint_dir, notes: list) -> tuple:
+    """Run every label for at most ``scheduler_warmup_steps`` steps, then retire the labels whose
+    warm-up score is far above the median (``tabor_tf.tabor.scheduler.retire``, the rule of the
+    TABOR engine). Returns ``(labels still to run in full, {label: retired LabelResult})``.
+
+    A label that early-stopped within the warm-up already has its faithful result and is kept
+    as it is (the first steps of a run do not depend on the step cap). A label that runs in full
+    starts again from its seed, so its result equals the faithful scan's. Retired labels keep a
+    less optimised, larger mask: they can only move the MAD test towards fewer flags as long as
+    they stay above the median (see the TABOR scheduler's docstring).
+    """
+    from tabor_tf.tabor.scheduler import RetireSettings, retire
+
+    directory = Path(checkpoint_dir) / "warmup" if checkpoint_dir is not None else None
+    warm = {label: run_label(label, 0, max_steps=int(cfg.scheduler_warmup_steps), directory=directory,
+                             tag=" (warm-up)") for label in order}
+    labels = list(order)
+    scores = np.array([warm[k].score for k in labels], np.float64)
+    finished = np.array([warm[k].stop_reason == "early_stop" for k in labels])
+    reached = np.array([bool(warm[k].parts.get("reached_threshold")) for k in labels])
+    settings = RetireSettings(warmup_rounds=1, margin=float(cfg.scheduler_margin),
+                              max_fraction=float(cfg.scheduler_max_fraction))
+    out = retire(scores, scores, 0, ~finished, reached, np.zeros(len(labels), bool), 1, settings)
+    kept = {}
+    for i, label in enumerate(labels):
+        if out[i]:
+            warm[label].stop_reason = "retired"
+            kept[label] = warm[label]
+        elif finished[i]:
+            kept[label] = warm[label]
+    if out.any():
+        notes.append(f"budget scheduler (not faithful): labels {[labels[i] for i in np.flatnonzero(out)]} kept their"
+                     f" {cfg.scheduler_warmup_steps}-step warm-up trigger")
+    return [k for k in labels if k not in kept], kept
+
+
 # ----- the scan -------------------------------------------------------------------------------
 def scan(
     victim,
@@ -188,23 +227,32 @@ def scan(
     fingerprint = _fingerprint(victim, x, mode, cfg, seed) if checkpoint_dir is not None else ""
     results, notes = {}, []
     total = len(order)
-    for done, label in enumerate(order):
-        result = load_label(checkpoint_dir, label, fingerprint, cfg.mad_score) if checkpoint_dir else None
+
+    def run_label(label, done, max_steps=None, directory=checkpoint_dir, tag=""):
+        result = load_label(directory, label, fingerprint, cfg.mad_score) if directory else None
         if result is not None:
-            notes.append(f"label {label}: reused from {checkpoint_dir}")
-        else:
-            t0 = time.time()
+            notes.append(f"label {label}{tag}: reused from {directory}")
+            return result
+        t0 = time.time()
 
-            def on_step(step, stats, label=label, done=done):
-                emit(progress, method=METHOD, labels_done=done, labels_total=total, step=step,
-                     max_steps=cfg.steps, label=label,
-                     message=f"cost {stats['cost']:.2e} attack {stats['acc']:.3f} reg {stats['reg']:.2f}")
+        def on_step(step, stats):
+            emit(progress, method=METHOD, labels_done=done, labels_total=total, step=step,
+                 max_steps=cfg.steps if max_steps is None else max_steps, label=label,
+                 message=f"cost {stats['cost']:.2e} attack {stats['acc']:.3f} reg {stats['reg']:.2f}")
 
-            out = reverser.run(label, np.random.default_rng([int(seed), int(label)]), on_step)
-            success = reverser.attack_success(out.mask, out.pattern, label)
-            result = _to_label_result(out, success, time.time() - t0, cfg.mad_score)
-            if checkpoint_dir is not None:
-                save_label(checkpoint_dir, result, fingerprint, out.logs)
+        out = reverser.run(label, np.random.default_rng([int(seed), int(label)]), on_step, max_steps=max_steps)
+        success = reverser.attack_success(out.mask, out.pattern, label)
+        result = _to_label_result(out, success, time.time() - t0, cfg.mad_score)
+        if directory is not None:
+            save_label(directory, result, fingerprint, out.logs)
+        return result
+
+    final_order = order
+    if cfg.scheduler == "retire":
+        final_order, retired = _warm_up_and_retire(cfg, order, run_label, checkpoint_dir, notes)
+        results.update(retired)
+    for done, label in enumerate(final_order, start=len(results)):
+        result = run_label(label, done)
         if not result.parts.get("reached_threshold", True):
             notes.append(
                 f"label {label}: no mask reached attack success {cfg.attack_success_threshold}; "

@@ -2,6 +2,8 @@
 
 ``gtsrb``               the authors' example script (``gtsrb_visualize_example.py``)
 ``reference-defaults``  the defaults of the reference ``Visualizer`` class
+``gtsrb-scheduled-unfaithful``  NOT the reference algorithm: ``gtsrb`` with the budget scheduler
+                        (``scheduler="retire"``, see ``detector.py``), for quick looks only
 Both share lr 0.1, Adam betas 0.5 / 0.9, batch 32, 1000 // 32 = 31 mini-batches per step,
 1000 steps, init_cost 1e-3, attack-success threshold 0.99, cost starting at zero.
 """
@@ -52,6 +54,13 @@ class NCConfig:
     suspected_target: Optional[int] = None
     ce_form: str = "softmax_ce"
     mad_score: str = "l1"
+    # Budget scheduler, NOT part of Neural Cleanse (default "none" = faithful). "retire": every label
+    # first runs at most scheduler_warmup_steps steps; labels whose L1 is >= median + margin * MAD of
+    # those warm-up norms keep their warm-up trigger, the others are re-run in full (detector.py).
+    scheduler: str = "none"
+    scheduler_warmup_steps: int = 100
+    scheduler_margin: float = 1.5
+    scheduler_max_fraction: float = 0.45
     preset: str = "gtsrb"
 
     def __post_init__(self):
@@ -69,6 +78,11 @@ class NCConfig:
             raise TaborError("lr and cost_multiplier must be > 0 and init_cost >= 0")
         if not 0.0 <= self.attack_success_threshold <= 1.0:
             raise TaborError("attack_success_threshold must be in [0, 1]")
+        if self.scheduler not in ("none", "retire"):
+            raise TaborError(f"scheduler must be 'none' (faithful) or 'retire', got {self.scheduler!r}")
+        if int(self.scheduler_warmup_steps) < 1 or not self.scheduler_margin >= 0 \
+                or not 0 <= self.scheduler_max_fraction < 0.5:
+            raise TaborError("scheduler settings need warmup_steps >= 1, margin >= 0, 0 <= max_fraction < 0.5")
 
     def schedule(self) -> ScheduleSettings:
         return ScheduleSettings(
@@ -95,6 +109,7 @@ PRESETS = {
         early_stop_patience=20,  # 2 * patience
         preset="reference-defaults",
     ),
+    "gtsrb-scheduled-unfaithful": NCConfig(scheduler="retire", preset="gtsrb-scheduled-unfaithful"),
 }
 
 

@@ -223,8 +223,13 @@ class Reverser:
         label: int,
         rng: np.random.Generator,
         on_step: Optional[Callable[[int, dict], None]] = None,
+        max_steps: Optional[int] = None,
     ) -> ReverseOutcome:
-        """Reverse-engineer the trigger of ``label``; ``rng`` seeds the init and the batch order."""
+        """Reverse-engineer the trigger of ``label``; ``rng`` seeds the init and the batch order.
+
+        ``max_steps``: stop after this many steps instead of ``config.steps`` (the budget scheduler's
+        warm-up; the steps taken are exactly the first ones of a full run).
+        """
         cfg = self.config
         settings = cfg.schedule()
         state = sched.initial_state(settings)
@@ -233,7 +238,7 @@ class Reverser:
         best = None
         logs = []
         stop_reason = "max_steps"
-        for _ in range(cfg.steps):
+        for _ in range(cfg.steps if max_steps is None else min(int(max_steps), cfg.steps)):
             ce_sum = acc_sum = count = reg_sum = 0.0
             for _ in range(cfg.mini_batch):
                 idx = stream.next()

@@ -353,7 +353,10 @@ def audit_one(item: AuditItem, out_dir: Path, settings: AuditSettings, log: Audi
         log.say(f"{item.model_id}: could not be scanned: {entry['error']}")
     if entry["status"] != STATUS_REUSED:
         entry["seconds"] = round(time.perf_counter() - started, 3)
-    entry["trojan_probability"] = _probability(settings.method, entry["anomaly_index"])
+    ai = entry["anomaly_index"]
+    if ai is None and entry.get("flagged_labels"):
+        ai = float("inf")  # reports write an infinite index (MAD 0 with an outlier) as null
+    entry["trojan_probability"] = _probability(settings.method, ai)
     return entry
 
 

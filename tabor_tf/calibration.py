@@ -12,21 +12,34 @@ L2 penalty ``ridge * a**2`` so that a perfectly separable zoo gives finite param
 held-out (leave-one-out) binary cross-entropy and ROC-AUC, as in the TrojAI evaluations.
 
 Default parameters ship in ``tabor_tf/assets/calibration.json``; its ``provisional`` flag says
-whether they were fitted on a real zoo. A scan without a usable anomaly index (``None``: fewer
-than 3 finite scores) gets ``None``; an infinite index maps to ``p = 1``.
+whether they were fitted on a real zoo. A scan without a usable anomaly index gets ``None``; an
+infinite index (MAD 0, written as ``null`` in report.json next to an ``infected`` verdict) maps
+to ``p = 1``.
+
+Why the anomaly index alone: it is the evidence the verdict itself is drawn from (flagged iff
+index > threshold), so the probability is monotone in the verdict's evidence and a model flagged
+by the MAD test never gets a lower probability than a clean-looking one with a smaller index. A
+second feature (e.g. the gap between the two smallest scores) would need a zoo far larger than
+the ~10 models a GTSRB zoo has to be estimated without overfitting; the leave-one-out figures
+reported with the fit are the check on that choice.
+
+Every report.json carries the result as ``trojan_probability`` (``report_block``), and
+``python -m tabor_tf.calibration fit OUT... --out FILE`` fits a new file from the output folder
+of ``python -m tabor_tf.compare --zoo ZOO --out OUT`` (it reads every ``OUT/<name>/compare.json``).
 """
 
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
 import numpy as np
 
 DEFAULT_PATH = Path(__file__).parent / "assets" / "calibration.json"
+MAPPING = "p = sigmoid(a * log(1 + max(anomaly_index, 0)) + b)"
 EPS = 1e-7
 
 
@@ -97,16 +110,22 @@ def _clean_pairs(pairs: Iterable) -> tuple:
     return np.asarray(ai, dtype=np.float64), np.asarray(y, dtype=np.int64)
 
 
+MIN_PER_CLASS = 2  # a fit (and its leave-one-out check) needs at least 2 clean and 2 infected models
+
+
 def fit(pairs: Iterable, *, method: str = "tabor", ridge: float = 1e-2, source: str = "",
-        heldout: bool = True) -> Calibration:
+        heldout: bool = True, min_per_class: int = MIN_PER_CLASS) -> Calibration:
     """Maximum-likelihood ``a, b`` on ``[(anomaly_index, infected)]`` (pairs with no index skipped);
-    ``heldout``: also the leave-one-out cross-entropy and AUC. ``ValueError`` if fewer than 2 models
-    or only one class."""
+    ``heldout``: also the leave-one-out cross-entropy and AUC. ``ValueError`` with fewer than
+    ``min_per_class`` infected or clean models."""
     from scipy.optimize import minimize
 
     ai, y = _clean_pairs(pairs)
-    if len(y) < 2 or y.min() == y.max():
-        raise ValueError("calibration needs at least one infected and one clean model with an anomaly index")
+    n_inf, n_clean = int(y.sum()), int(len(y) - y.sum())
+    if min(n_inf, n_clean) < max(1, int(min_per_class)):
+        raise ValueError(f"calibration needs at least {max(1, int(min_per_class))} infected and "
+                         f"{max(1, int(min_per_class))} clean models with an anomaly index; "
+                         f"got {n_inf} infected and {n_clean} clean")
     z = np.minimum(feature(ai), 50.0)  # an infinite index is a certain detection; keep the fit finite
 
     def loss(theta):
@@ -120,7 +139,7 @@ def fit(pairs: Iterable, *, method: str = "tabor", ridge: float = 1e-2, source: 
     res = minimize(loss, x0=np.array([1.0, -1.0]), jac=True, method="L-BFGS-B")
     a, b = (float(v) for v in res.x)
     cal = Calibration(method=method, a=a, b=b, provisional=False, source=source, n_models=int(len(y)),
-                      n_infected=int(y.sum()), ridge=float(ridge))
+                      n_infected=n_inf, ridge=float(ridge))
     if heldout and len(y) >= 3:
         p = leave_one_out(ai, y, method=method, ridge=ridge)
         cal = replace(cal, heldout_cross_entropy=cross_entropy(p, y), heldout_auc=roc_auc(p, y))
@@ -136,14 +155,23 @@ def leave_one_out(ai: np.ndarray, y: np.ndarray, *, method: str = "tabor", ridge
         if y[keep].min() == y[keep].max():
             out[i] = float(np.clip(y[keep].mean(), EPS, 1 - EPS))
             continue
-        cal = fit(zip(ai[keep], y[keep]), method=method, ridge=ridge, heldout=False)
+        cal = fit(zip(ai[keep], y[keep]), method=method, ridge=ridge, heldout=False, min_per_class=1)
         out[i] = cal.probability(float(ai[i]))
     return out
 
 
+def report_anomaly_index(report: dict) -> Optional[float]:
+    """The anomaly index of a report.json dictionary; its ``null`` (an infinite index: MAD 0 and a
+    score below the median) is ``inf`` when the report flags a label, else ``None`` (no evidence)."""
+    value = report.get("anomaly_index")
+    if value is None:
+        return math.inf if report.get("flagged_labels") or report.get("verdict") == "infected" else None
+    return float(value)
+
+
 def pairs_from_compare(paths: Iterable, method: str) -> list:
     """``[(anomaly_index, infected)]`` of ``method`` (``tabor`` / ``neural_cleanse``) from compare.json
-    files (or folders holding one) that carry a ground-truth card."""
+    files (or folders holding one) that carry a ground-truth card; models without truth are skipped."""
     out = []
     for path in paths:
         path = Path(path)
@@ -154,7 +182,7 @@ def pairs_from_compare(paths: Iterable, method: str) -> list:
         report = (data.get("reports") or {}).get(method)
         if truth is None or report is None:
             continue
-        out.append((report.get("anomaly_index"), bool(truth.get("infected"))))
+        out.append((report_anomaly_index(report), bool(truth.get("infected"))))
     return out
 
 
@@ -162,64 +190,184 @@ def load_default(method: str, path=DEFAULT_PATH) -> Calibration:
     """The shipped calibration of ``method`` (``tabor`` / ``neural_cleanse``)."""
     data = json.loads(Path(path).read_text(encoding="utf-8"))
     entry = data["methods"][method]
-    return Calibration(method=method, **{k: v for k, v in entry.items() if k != "method"})
+    known = {f.name for f in fields(Calibration)} - {"method"}
+    return Calibration(method=method, **{k: v for k, v in entry.items() if k in known})
 
 
 def save(calibrations: Sequence[Calibration], path, note: str = "") -> None:
+    """Write ``calibrations`` (one per method) as a calibration file (atomically)."""
+    import time
+
+    from . import __version__
     from .report import atomic_write_json
 
-    atomic_write_json(path, {"mapping": "p = sigmoid(a * log(1 + max(anomaly_index, 0)) + b)", "note": note,
+    atomic_write_json(path, {"mapping": MAPPING, "note": note, "tool_version": __version__,
+                             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                              "methods": {c.method: {k: v for k, v in c.to_dict().items() if k != "method"}
                                          for c in calibrations}})
 
 
-def report_block(report: dict, calibration: Optional[Calibration] = None) -> dict:
-    """What a report.json could carry as ``trojan_probability``: the probability and the fit's quality."""
+def calibration_info(cal: Calibration, file: Optional[str] = None) -> dict:
+    """The ``calibration`` part of a report's ``trojan_probability`` block."""
+    info = {"mapping": MAPPING, **cal.to_dict(),
+            "fitted_on_zoo": (not cal.provisional) and cal.n_models > 0}
+    if file is not None:
+        info["file"] = file
+    return info
+
+
+def report_block(method: str, anomaly_index: Optional[float], calibration: Optional[Calibration] = None,
+                 path=DEFAULT_PATH) -> dict:
+    """The ``trojan_probability`` block of report.json for one scan.
+
+    ``{"probability": p or None, "anomaly_index": the evidence (inf allowed; strict JSON writes
+    it as null), "calibration": {mapping, method, a, b, provisional, fitted_on_zoo, source,
+    n_models, n_infected, heldout_cross_entropy, heldout_auc, ridge, file}}``. ``calibration``:
+    use this one instead of the shipped file at ``path``. A missing or unreadable calibration
+    file gives ``probability: None`` and an ``error`` line instead of failing the scan.
+    """
     from .report import method_key
 
-    cal = calibration or load_default(method_key(report["method"]))
-    return {"p": cal.probability(report.get("anomaly_index")), "a": cal.a, "b": cal.b,
-            "provisional": cal.provisional, "heldout_cross_entropy": cal.heldout_cross_entropy,
-            "heldout_auc": cal.heldout_auc, "n_models": cal.n_models}
+    key = method_key(method)
+    evidence = None if anomaly_index is None else float(anomaly_index)
+    if calibration is None:
+        try:
+            calibration = load_default(key, path)
+        except (OSError, KeyError, ValueError, TypeError) as exc:
+            return {"probability": None, "anomaly_index": evidence, "calibration": None,
+                    "error": f"no usable calibration for {key} in {path}: {exc}"}
+        file = Path(path).name
+    else:
+        file = None
+    return {"probability": calibration.probability(evidence), "anomaly_index": evidence,
+            "calibration": calibration_info(calibration, file)}
+
+
+def probability_text(report: dict) -> Optional[str]:
+    """``"0.97 (provisional calibration, not fitted on a zoo)"`` from a report's
+    ``trojan_probability`` block (``None`` for a report without one)."""
+    block = report.get("trojan_probability")
+    if not isinstance(block, dict):
+        return None
+    p = block.get("probability")
+    cal = block.get("calibration") or {}
+    value = "unknown" if p is None else f"{p:.2f}"
+    if not cal:
+        how = block.get("error") or "no calibration"
+    elif cal.get("fitted_on_zoo"):
+        auc = cal.get("heldout_auc")
+        how = (f"calibrated on {cal.get('n_models')} zoo models"
+               + ("" if auc is None else f", held-out AUC {auc:.2f}"))
+    else:
+        how = "provisional calibration, not fitted on a zoo"
+    return f"{value} ({how})"
+
+
+def probability_line(report: dict) -> Optional[str]:
+    """The scan summary's line: ``trojan prob.     0.97 (...)`` (``None`` without a block)."""
+    text = probability_text(report)
+    return None if text is None else f"trojan prob.     {text}"
 
 
 def find_compare_files(paths: Iterable) -> list:
-    """Every compare.json under ``paths`` (files or folders, searched recursively), sorted."""
-    found = []
+    """Every compare.json under ``paths`` (files or folders, searched recursively), sorted, each
+    once; ``ValueError`` for a path that does not exist."""
+    found, seen = [], set()
     for path in paths:
         path = Path(path)
-        found.extend([path] if path.is_file() else sorted(path.rglob("compare.json")))
+        if not path.exists():
+            raise ValueError(f"{path} does not exist")
+        for f in ([path] if path.is_file() else sorted(path.rglob("compare.json"))):
+            if f.resolve() not in seen:
+                seen.add(f.resolve())
+                found.append(f)
     return found
 
 
+def fit_files(paths: Sequence, *, ridge: float = 1e-2, methods=("tabor", "neural_cleanse")) -> tuple:
+    """Fit every method on the compare.json files under ``paths`` -> ``(calibrations, problems)``:
+    the fitted ``Calibration``s and one line per method that could not be fitted."""
+    files = find_compare_files(paths)
+    fitted, problems = [], []
+    where = ", ".join(str(Path(p).resolve()) for p in paths)
+    for method in methods:
+        pairs = pairs_from_compare(files, method)
+        try:
+            fitted.append(fit(pairs, method=method, ridge=ridge,
+                              source=f"fitted on {len(pairs)} zoo models (compare.json under {where})"))
+        except ValueError as exc:
+            problems.append(f"{method}: {exc} ({len(files)} compare.json files)")
+    return fitted, problems
+
+
+def describe(cal: Calibration) -> str:
+    """One line: parameters, models and the held-out quality."""
+    ce = "-" if cal.heldout_cross_entropy is None else f"{cal.heldout_cross_entropy:.3f}"
+    auc = "-" if cal.heldout_auc is None else f"{cal.heldout_auc:.3f}"
+    state = "provisional" if cal.provisional else "fitted"
+    return (f"{cal.method:<15} a={cal.a:.3f} b={cal.b:.3f}  n={cal.n_models} ({cal.n_infected} infected, "
+            f"{cal.n_models - cal.n_infected} clean)  leave-one-out cross-entropy {ce} nats, AUC {auc}  [{state}]")
+
+
 def main(argv=None) -> int:
-    """``python -m tabor_tf.calibration ZOO_OUT... [--out calibration.json] [--ridge R]``: fit both
-    methods on the compare.json files of a zoo and print the held-out cross-entropy and AUC."""
+    """Fit or show the trojan-probability calibration.
+
+    ``python -m tabor_tf.calibration fit OUT... [--out FILE] [--ridge R]``: fit both methods on
+    every compare.json under OUT (the folder of ``python -m tabor_tf.compare --zoo ZOO --out OUT``)
+    and print n, the leave-one-out cross-entropy and AUC per method; ``--out`` writes the file
+    (e.g. ``tabor_tf/assets/calibration.json``). ``python -m tabor_tf.calibration show [FILE]``:
+    print a calibration file (default: the shipped one). Exit 0, or 2 when nothing could be fitted.
+    The old form without ``fit`` (``python -m tabor_tf.calibration OUT...``) still works.
+    """
     import argparse
     import sys
 
-    parser = argparse.ArgumentParser(prog="python -m tabor_tf.calibration", description=main.__doc__)
-    parser.add_argument("paths", nargs="+", help="compare.json files or folders holding them (compare --zoo output)")
-    parser.add_argument("--out", default=None, help="write the fitted calibration JSON here")
-    parser.add_argument("--ridge", type=float, default=1e-2)
-    args = parser.parse_args(argv)
-    files = find_compare_files(args.paths)
-    fitted = []
-    for method in ("tabor", "neural_cleanse"):
-        pairs = pairs_from_compare(files, method)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["show"]:
+        path = Path(argv[1]) if len(argv) > 1 else DEFAULT_PATH
         try:
-            cal = fit(pairs, method=method, ridge=args.ridge, source=f"{len(files)} compare.json under "
-                      + ", ".join(str(p) for p in args.paths))
-        except ValueError as exc:
-            print(f"{method}: {exc} ({len(pairs)} models)", file=sys.stderr)
-            continue
-        fitted.append(cal)
-        ce = "-" if cal.heldout_cross_entropy is None else f"{cal.heldout_cross_entropy:.3f}"
-        auc = "-" if cal.heldout_auc is None else f"{cal.heldout_auc:.3f}"
-        print(f"{method:<15} a={cal.a:.3f} b={cal.b:.3f}  models {cal.n_models} ({cal.n_infected} infected)  "
-              f"leave-one-out cross-entropy {ce} nats, AUC {auc}")
+            data = json.loads(path.read_text(encoding="utf-8"))
+            cals = [load_default(m, path) for m in data["methods"]]
+        except (OSError, KeyError, ValueError, TypeError) as exc:
+            print(f"tabor-tf: error: cannot read calibration {path}: {exc}", file=sys.stderr)
+            return 2
+        print(f"{path}: {data.get('mapping', MAPPING)}")
+        for cal in cals:
+            print(describe(cal))
+            print(f"{'':<15} source: {cal.source}")
+        return 0
+    if argv[:1] == ["fit"]:
+        argv = argv[1:]
+    parser = argparse.ArgumentParser(prog="python -m tabor_tf.calibration fit", description=main.__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("paths", nargs="+", metavar="OUT",
+                        help="compare --zoo output folders (or compare.json files); searched recursively")
+    parser.add_argument("--out", default=None, help="write the fitted calibration JSON here")
+    parser.add_argument("--ridge", type=float, default=1e-2, help="L2 penalty on the slope a (default 0.01)")
+    args = parser.parse_args(argv)
+    try:
+        fitted, problems = fit_files(args.paths, ridge=args.ridge)
+    except (OSError, ValueError) as exc:
+        print(f"tabor-tf: error: {exc}", file=sys.stderr)
+        return 2
+    for line in problems:
+        print(f"tabor-tf: cannot fit {line}", file=sys.stderr)
+    for cal in fitted:
+        print(describe(cal))
+        if cal.n_models < 10:
+            print(f"{'':<15} only {cal.n_models} models: the held-out figures are rough")
     if args.out and fitted:
-        save(fitted, args.out, note="fitted by python -m tabor_tf.calibration")
+        kept = []
+        if Path(args.out).is_file():  # keep the methods this zoo could not fit from the file replaced
+            for method in ("tabor", "neural_cleanse"):
+                if method not in {c.method for c in fitted}:
+                    try:
+                        kept.append(load_default(method, args.out))
+                        print(f"{method}: kept the calibration already in {args.out}")
+                    except (OSError, KeyError, ValueError, TypeError):
+                        pass
+        save(fitted + kept, args.out, note="fitted by python -m tabor_tf.calibration fit " + " ".join(args.paths))
+        print(f"wrote {args.out}")
     return 0 if fitted else 2
 
 

@@ -41,7 +41,11 @@ DIR_NAMES = {"tabor": "tabor", "neural_cleanse": "nc"}
 TITLES = {"tabor": "TABOR", "neural_cleanse": "Neural Cleanse"}
 COMPARE_NAME = "compare.json"
 CARD_NAME = "card.json"
+# The demo victims live in the source tree (models/demo/<name>/{model.h5,card.json}), next to the
+# package in a checkout or an editable install; find_demo_dir() also looks at $TABOR_TF_DEMO_DIR
+# and ./models/demo, so an installed (non-editable) package can still run the demo.
 DEMO_DIR = Path(__file__).resolve().parent.parent / "models" / "demo"
+DEMO_ENV = "TABOR_TF_DEMO_DIR"
 DEFAULT_NC_PRESET = "gtsrb"
 DEFAULT_MAX_SAMPLES = 1000
 # The embedded demo: budgets that finish in a few minutes on a 2-core laptop CPU. The NC budget
@@ -52,6 +56,27 @@ DEMO_TABOR_PRESET = "fast"
 DEMO_TABOR_OVERRIDES: dict = {}
 DEMO_NC_PRESET = "gtsrb"
 DEMO_NC_OVERRIDES = {"mini_batch": 4, "steps": 60}
+
+
+def demo_candidates() -> list:
+    """Where the demo victims are looked for, in order: ``$TABOR_TF_DEMO_DIR``, the source tree next
+    to the package (``DEMO_DIR``: a checkout or ``pip install -e .``), ``./models/demo``."""
+    env = os.environ.get(DEMO_ENV, "").strip()
+    found = ([Path(env).expanduser()] if env else []) + [DEMO_DIR, Path.cwd() / "models" / "demo"]
+    return list(dict.fromkeys(found))
+
+
+def find_demo_dir() -> Path:
+    """The first folder of ``demo_candidates()`` holding victims (``*/card.json``); ``TaborError``
+    naming the folders tried otherwise (e.g. a wheel install run outside a checkout)."""
+    tried = demo_candidates()
+    for folder in tried:
+        if folder.is_dir() and any(folder.glob(f"*/{CARD_NAME}")):
+            return folder
+    raise TaborError(
+        "the embedded demo needs the demo victims (models/demo/<name>/card.json + model.h5 of a tabor-tf source "
+        f"checkout); none in {', '.join(str(p) for p in tried)}. Run it from a checkout, or set {DEMO_ENV} to "
+        "the models/demo folder")
 
 
 # ----------------------------------------------------------------------------- ground truth
@@ -577,6 +602,13 @@ def _print_zoo(result: dict, out: Path, stream) -> int:
 
 def run(args) -> int:
     """The command (``python -m tabor_tf.compare`` / ``tabor-tf compare``); returns the exit status."""
+    from .distribute import execution_from_args, using
+
+    with using(execution_from_args(args)):  # both methods run under --strategy / --precision
+        return _run(args)
+
+
+def _run(args) -> int:
     from .preprocess import resolve_mode
     from .scanning import make_config, parse_labels, parse_overrides, unique_out_dir
     from .terminal import say
@@ -595,9 +627,7 @@ def run(args) -> int:
     if demo:
         if args.truth:
             raise TaborError("--truth needs a MODEL")
-        zoo = DEMO_DIR
-        if not zoo.is_dir() or not list(zoo.glob(f"*/{CARD_NAME}")):
-            raise TaborError(f"the embedded demo needs the demo victims in {zoo} (a source checkout of tabor-tf)")
+        zoo = find_demo_dir()
         tabor_preset = args.tabor_preset or DEMO_TABOR_PRESET
         nc_preset = args.nc_preset or DEMO_NC_PRESET
         tabor_over = {**DEMO_TABOR_OVERRIDES, **tabor_over}
@@ -607,7 +637,7 @@ def run(args) -> int:
         out = Path(args.out or "compare-demo")
         nc_cfg = make_config("nc", nc_preset, nc_over)
         faithful = nc_is_faithful(nc_cfg)
-        say("tabor-tf embedded demo: TABOR vs Neural Cleanse on the demo victims in models/demo, "
+        say(f"tabor-tf embedded demo: TABOR vs Neural Cleanse on the demo victims in {zoo}, "
             f"{max_samples} synthetic held-out images each", stream=info, quiet=args.quiet)
         say(f"TABOR preset {tabor_preset}; Neural Cleanse preset {nc_preset}"
             + ("" if faithful else f" with budget {nc_over} -- budget-reduced, NOT the faithful NC baseline "

@@ -230,6 +230,14 @@ def _parts_text(parts: dict) -> str:
     return ", ".join(f"{esc(k)} {fmt(parts[k])}" for k in keys)
 
 
+def _probability_text(report: dict) -> Optional[str]:
+    """"Trojan probability 0.97 (...)" from the report's ``trojan_probability`` block, or ``None``."""
+    from .calibration import probability_text
+
+    text = probability_text(report)
+    return None if text is None else f"Trojan probability {text}"
+
+
 def render_report_html(report: dict, base_dir) -> str:
     """The HTML page of one report; ``base_dir`` is the folder its label file paths are relative to."""
     base = Path(base_dir)
@@ -255,6 +263,9 @@ def render_report_html(report: dict, base_dir) -> str:
         f"<small>anomaly index {fmt(report.get('anomaly_index'))} (threshold {fmt(mad.get('threshold'))}) · "
         f"{esc(mtitle)} · {esc(duration(report.get('seconds')))}</small></div>"
     )
+    prob_text = _probability_text(report)
+    if prob_text:
+        parts.append(f'<div class="note" id="trojan-probability">{esc(prob_text)}</div>')
     for w in prep.get("warnings", []) or []:
         parts.append(f'<div class="warn">⚠ {esc(w)}</div>')
     for n in report.get("notes", []) or []:

@@ -182,8 +182,13 @@ def method_key(method: str) -> str:
     raise TaborError(f"unknown method {method!r}; choose tabor or nc")
 
 
-def build_report(scan: ScanResult, context: ReportContext, label_files: Optional[dict] = None) -> dict:
-    """The report.json dictionary (see docs/REPORT_SCHEMA.md). ``label_files``: label -> file paths."""
+def build_report(scan: ScanResult, context: ReportContext, label_files: Optional[dict] = None,
+                 calibration=None) -> dict:
+    """The report.json dictionary (see docs/REPORT_SCHEMA.md). ``label_files``: label -> file paths.
+    ``calibration``: a ``tabor_tf.calibration.Calibration`` for ``trojan_probability`` (default:
+    the shipped ``tabor_tf/assets/calibration.json``)."""
+    from .calibration import report_block
+
     label_files = label_files or {}
     labels = []
     for r in scan.labels:
@@ -211,6 +216,7 @@ def build_report(scan: ScanResult, context: ReportContext, label_files: Optional
             "threshold": float(scan.mad.threshold),
             "score": "a" if method_key(scan.method) == "tabor" else "l1",
         },
+        "trojan_probability": report_block(scan.method, scan.mad.anomaly_index, calibration),
         "seconds": float(scan.seconds),
         "notes": list(scan.notes),
         "labels": labels,
@@ -222,7 +228,8 @@ def build_report(scan: ScanResult, context: ReportContext, label_files: Optional
     return strict_json(report)
 
 
-def write_report(scan: ScanResult, out_dir, context: ReportContext, *, html: bool = True) -> dict:
+def write_report(scan: ScanResult, out_dir, context: ReportContext, *, html: bool = True,
+                 calibration=None) -> dict:
     """Write the label files, then report.json (atomically, last), then report.html.
 
     Returns the report dictionary; its ``labels[i].files`` paths are relative to ``out_dir``.
@@ -231,7 +238,7 @@ def write_report(scan: ScanResult, out_dir, context: ReportContext, *, html: boo
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         files = {int(r.label): write_label_files(r, out_dir) for r in scan.labels}
-        report = build_report(scan, context, files)
+        report = build_report(scan, context, files, calibration)
         atomic_write_json(out_dir / REPORT_NAME, report)
     except PermissionError as exc:
         raise TaborError(f"cannot write the report to {out_dir}: {exc.strerror or exc}") from exc

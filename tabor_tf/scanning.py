@@ -289,6 +289,7 @@ def run_scan(
     html: bool = True,
     prepared: Optional[Prepared] = None,
     extra: Optional[dict] = None,
+    execution=None,
 ) -> tuple:
     """Scan one model with one method -> ``(ScanResult, report_dict)``.
 
@@ -297,7 +298,9 @@ def run_scan(
     report.html go (``None``: nothing is written, the report dictionary is still returned).
     ``checkpoint``: keep finished work in ``out_dir/.checkpoint/<method>`` so the same call
     resumes after an interruption. ``overrides``: config fields (typed values) over the preset.
-    ``extra``: more top-level report keys.
+    ``extra``: more top-level report keys. ``execution``: strategy and precision
+    (``tabor_tf.distribute.Execution``; default: the one set by ``distribute.using``, else the
+    default strategy in float32); both detectors run in its strategy's scope.
     """
     key = method_key(method)
     if prepared is None:
@@ -310,16 +313,28 @@ def run_scan(
     checkpoint_dir = None
     if out_dir is not None and checkpoint:
         checkpoint_dir = Path(out_dir) / CHECKPOINT_DIR / key
-    result: ScanResult = method_module(key).scan(
-        victim,
-        prepared.data,
-        preprocess=prepared.check.mode,
-        labels=labels,
-        config=config,
-        seed=int(seed),
-        progress=progress,
-        checkpoint_dir=checkpoint_dir,
-    )
+    from .distribute import current, images_per_step, victim_for
+
+    execution = execution or current()
+    if key == "tabor" and "max_images_per_step" not in (overrides or {}):
+        fit = images_per_step(victim, execution)  # labels are chunked to the memory budget
+        if fit is not None and fit < config.max_images_per_step:
+            config = dataclasses.replace(config, max_images_per_step=int(fit))
+    with execution.scope():  # variables and optimiser state of either detector live in it
+        run_victim = victim_for(victim, execution)  # mirrored weights / float16 twin when asked
+        result: ScanResult = method_module(key).scan(
+            run_victim,
+            prepared.data,
+            preprocess=prepared.check.mode,
+            labels=labels,
+            config=config,
+            seed=int(seed),
+            progress=progress,
+            checkpoint_dir=checkpoint_dir,
+            **({"strategy": execution.strategy} if key == "tabor" else {}),
+        )
+    result.settings.update(strategy=execution.strategy_name, replicas=int(execution.replicas),
+                           precision=execution.precision, memory_budget_gib=execution.budget_gib)
     context = prepared.context(seed, extra)
     if out_dir is not None:
         report = write_report(result, out_dir, context, html=html)

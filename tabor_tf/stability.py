@@ -77,6 +77,7 @@ def seed_entry(seed: int, report: dict) -> dict:
         "verdict": report["verdict"],
         "flagged_labels": [int(k) for k in report.get("flagged_labels") or ()],
         "anomaly_index": report.get("anomaly_index"),
+        "trojan_probability": (report.get("trojan_probability") or {}).get("probability"),
         "seconds": report.get("seconds"),
     }
 

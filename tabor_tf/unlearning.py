@@ -8,6 +8,10 @@ attack success rate falling to a few percent for about one point of clean accura
 Pixel domains: images, masks and patterns are raw (0..255); the model sees ``preprocess(x)``.
 Triggers: ``(mask [H,W] or [H,W,1] in [0,1], pattern [H,W,C] raw)``, optionally with a target
 label as a third item (needed only to measure attack success).
+
+From a scan: ``triggers_from_report(report_dir, labels)`` reads the restored triggers of a
+report folder, ``patch_from_report(model, report_dir, x, y, out)`` unlearns them (the
+``tabor-tf patch`` command, docs/PATCHING.md).
 """
 
 from __future__ import annotations
@@ -221,3 +225,71 @@ def patch(
     saved = save_model(model, out_path)
     return {"settings": cfg.to_dict(), "before": before, "after": after, "model_path": saved,
             "restored_triggers": len(list(triggers)), "true_triggers": len(list(true_triggers))}
+
+
+# ----------------------------------------------------------------------------- from a scan report
+
+
+def triggers_from_report(report_path, labels: Optional[Sequence[int]] = None) -> tuple:
+    """The restored triggers of a scan report -> ``([(mask [H,W], pattern [H,W,C] raw, label)], report)``.
+
+    ``report_path``: a report folder or its report.json. ``labels``: which restored triggers
+    (default: the report's flagged labels, most suspicious first). ``TaborError`` for a clean
+    report without ``labels`` or a label the report did not scan.
+    """
+    from .report import load_label_array, load_report
+
+    path = Path(report_path)
+    report_dir = path if path.is_dir() else path.parent
+    report = load_report(path)
+    chosen = [int(v) for v in (labels if labels else report.get("flagged_labels") or [])]
+    if not chosen:
+        raise TaborError(f"{report_dir}: the report flags no label; name the trigger(s) to unlearn with --label")
+    scanned = {int(e["label"]) for e in report.get("labels", [])}
+    missing = [v for v in chosen if v not in scanned]
+    if missing:
+        raise TaborError(f"label(s) {', '.join(map(str, missing))} were not scanned in {report_dir}; "
+                         f"scanned: {', '.join(map(str, sorted(scanned)))}")
+    triggers = [(load_label_array(report_dir, report, v, "mask"), load_label_array(report_dir, report, v, "pattern"), v)
+                for v in dict.fromkeys(chosen)]
+    return triggers, report
+
+
+def patch_from_report(
+    model_path,
+    report_path,
+    x_raw,
+    y,
+    out_path,
+    *,
+    labels: Optional[Sequence[int]] = None,
+    preprocess: Optional[str] = None,
+    config: Optional[UnlearnConfig] = None,
+    eval_x=None,
+    eval_y=None,
+    true_triggers: Sequence = (),
+    allow_unsafe: bool = False,
+) -> dict:
+    """Unlearn the restored triggers of ``labels`` (default: the flagged ones) of a scan report
+    from ``model_path`` and save the patched copy to ``out_path`` (``patch`` does the work).
+
+    ``preprocess``: default the mode the scan used (``report["preprocess"]["mode"]``). Returns
+    ``patch``'s dictionary plus ``labels``, ``report`` (its path), ``preprocess`` and ``warnings``
+    (e.g. the model file is not the one the report scanned). The input model is only read.
+    """
+    from .loading.files import sha256_path
+
+    triggers, report = triggers_from_report(report_path, labels)
+    mode = preprocess or (report.get("preprocess") or {}).get("mode")
+    if not mode:
+        raise TaborError("the report does not say how the scan preprocessed the images; give --preprocess")
+    warnings = []
+    scanned_sha = (report.get("model") or {}).get("sha256")
+    if Path(model_path).exists() and scanned_sha and sha256_path(model_path) != scanned_sha:
+        warnings.append(f"{model_path} is not the model file the report scanned (sha256 differs); "
+                        "its restored triggers may not fit this model")
+    result = patch(model_path, x_raw, y, mode, triggers, out_path, config=config, eval_x=eval_x, eval_y=eval_y,
+                   true_triggers=true_triggers, allow_unsafe=allow_unsafe)
+    result.update(labels=[int(t[2]) for t in triggers], report=str(report_path), preprocess=resolve_mode(mode),
+                  warnings=warnings)
+    return result

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from tabor_tf.calibration import (Calibration, cross_entropy, feature, fit, load_default, pairs_from_compare,
-                                  report_block, roc_auc, save)
+                                  probability_line, report_block, roc_auc, save)
 
 
 def test_auc_and_cross_entropy():
@@ -47,25 +47,42 @@ def test_fit_overlapping_set_is_honest_about_heldout_error():
     assert cal.heldout_cross_entropy > fit(_synthetic_pairs(seed=1)).heldout_cross_entropy
     with pytest.raises(ValueError):
         fit([(1.0, True), (2.0, True)])
+    with pytest.raises(ValueError, match="at least 2 infected and 2 clean"):
+        fit([(1.0, False), (3.0, True), (4.0, True), (5.0, True)])  # one clean model is not enough
+    two_each = fit([(0.5, False), (1.0, False), (3.0, True), (5.0, True)])  # 2 + 2: fits, LOO too
+    assert two_each.n_models == 4 and two_each.heldout_cross_entropy is not None
 
 
 def test_pairs_from_compare_and_defaults(tmp_path):
-    for i, (ai, infected) in enumerate([(4.0, True), (0.7, False), (None, True)]):
+    # null anomaly index: infinite (MAD 0) when the report flags a label, else no evidence
+    rows = [(4.0, True, [3]), (0.7, False, []), (None, True, [5]), (None, False, [])]
+    for i, (ai, infected, flagged) in enumerate(rows):
         d = tmp_path / f"m{i}"
         d.mkdir()
         (d / "compare.json").write_text(json.dumps({
             "truth": {"infected": infected},
-            "reports": {"tabor": {"anomaly_index": ai}, "neural_cleanse": {"anomaly_index": 1.0}}}))
+            "reports": {"tabor": {"anomaly_index": ai, "flagged_labels": flagged},
+                        "neural_cleanse": {"anomaly_index": 1.0}}}))
     dirs = sorted(tmp_path.iterdir())
-    assert pairs_from_compare(dirs, "tabor") == [(4.0, True), (0.7, False), (None, True)]
+    assert pairs_from_compare(dirs, "tabor") == [(4.0, True), (0.7, False), (np.inf, True), (None, False)]
     default = load_default("tabor")
     assert default.provisional and default.probability(2.0) == pytest.approx(0.5, abs=1e-3)
     assert load_default("neural_cleanse").probability(10.0) > 0.9
-    block = report_block({"method": "tabor", "anomaly_index": 5.0})
-    assert block["provisional"] and block["p"] > 0.5
+    block = report_block("tabor", 5.0)
+    assert block["probability"] == pytest.approx(default.probability(5.0)) and block["probability"] > 0.5
+    assert block["calibration"]["provisional"] and not block["calibration"]["fitted_on_zoo"]
+    assert block["calibration"]["file"] == "calibration.json" and block["anomaly_index"] == 5.0
+    assert "provisional" in probability_line({"trojan_probability": block})
+    assert report_block("nc", None)["probability"] is None
+    assert report_block("tabor", float("inf"))["probability"] == 1.0
+    broken = report_block("tabor", 5.0, path=tmp_path / "missing.json")  # never fails the scan
+    assert broken["probability"] is None and "no usable calibration" in broken["error"]
     cal = fit(_synthetic_pairs(), method="tabor")
     save([cal], tmp_path / "cal.json", note="test")
     assert load_default("tabor", tmp_path / "cal.json") == cal
+    fitted = report_block("tabor", 5.0, cal)
+    assert fitted["calibration"]["fitted_on_zoo"] and fitted["calibration"]["n_models"] == 40
+    assert "calibrated on 40 zoo models, held-out AUC 1.00" in probability_line({"trojan_probability": fitted})
 
 
 def test_fit_command_on_compare_files(tmp_path, capsys):
@@ -82,3 +99,60 @@ def test_fit_command_on_compare_files(tmp_path, capsys):
     assert "tabor" in out and "AUC 1.000" in out
     cal = load_default("neural_cleanse", tmp_path / "cal.json")
     assert cal.n_models == 12 and not cal.provisional and cal.heldout_auc == 1.0
+
+
+def _zoo_output(root, rows):
+    """A ``compare --zoo OUT`` layout: OUT/<name>/compare.json (+ the zoo table files)."""
+    for name, (tabor_ai, nc_ai, infected) in rows.items():
+        d = root / name
+        d.mkdir(parents=True)
+        reports = {m: {"method": m, "anomaly_index": ai, "flagged_labels": [1] if ai is None or ai > 2 else []}
+                   for m, ai in (("tabor", tabor_ai), ("neural_cleanse", nc_ai))}
+        (d / "compare.json").write_text(json.dumps({
+            "schema_version": 1, "kind": "tabor-tf-compare", "name": name,
+            "truth": {"name": name, "infected": infected, "targets": [1] if infected else []},
+            "reports": reports}))
+        (d / "tabor").mkdir()
+        (d / "tabor" / "report.json").write_text(json.dumps(reports["tabor"]))
+    (root / "zoo_summary.json").write_text("{}")
+    (root / "zoo_table.md").write_text("")
+
+
+def test_fit_subcommand_on_a_zoo_output_folder(tmp_path, capsys):
+    from tabor_tf.calibration import main
+
+    out = tmp_path / "zoo-out"
+    _zoo_output(out, {"clean-0": (0.8, 1.1, False), "clean-1": (1.3, 0.4, False), "square-br": (6.0, 3.0, True),
+                      "icon-tl": (None, 2.5, True), "square-tl": (3.5, 1.5, True)})
+    target = tmp_path / "assets" / "calibration.json"
+    assert main(["fit", str(out), "--out", str(target)]) == 0
+    text = capsys.readouterr().out
+    assert "n=5 (3 infected, 2 clean)" in text and "leave-one-out cross-entropy" in text and "AUC" in text
+    for method in ("tabor", "neural_cleanse"):
+        cal = load_default(method, target)
+        assert not cal.provisional and cal.n_models == 5 and "zoo-out" in cal.source
+        assert cal.heldout_auc is not None and cal.heldout_cross_entropy is not None
+    # the infinite TABOR index (null + flagged) is the strongest evidence
+    assert load_default("tabor", target).probability(np.inf) == 1.0
+    assert main(["show", str(target)]) == 0 and "[fitted]" in capsys.readouterr().out
+    assert main(["show", str(tmp_path / "nope.json")]) == 2
+
+
+def test_fit_command_needs_two_of_each_class_and_keeps_the_other_method(tmp_path, capsys):
+    from tabor_tf.calibration import main
+
+    out = tmp_path / "zoo-out"
+    # NC has no index for one clean model: only 1 clean left for NC, so NC cannot be fitted
+    _zoo_output(out, {"clean-0": (0.8, 1.1, False), "clean-1": (1.3, float("nan"), False),
+                      "a": (6.0, 3.0, True), "b": (4.0, 2.5, True)})
+    target = tmp_path / "cal.json"
+    save([Calibration("neural_cleanse", a=2.0, b=-1.0, source="earlier")], target)
+    assert main(["fit", str(out), "--out", str(target)]) == 0
+    captured = capsys.readouterr()
+    assert "neural_cleanse" in captured.err and "at least 2 infected and 2 clean" in captured.err
+    assert load_default("neural_cleanse", target).source == "earlier"  # kept, not dropped
+    assert not load_default("tabor", target).provisional
+    assert main(["fit", str(tmp_path / "missing")]) == 2
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["fit", str(empty)]) == 2

@@ -133,6 +133,8 @@ def test_compare_errors(tmp_path, monkeypatch, capsys):
     assert compare.main([str(tmp_path / "model.h5")]) == 2
     assert "--data" in capsys.readouterr().err
     monkeypatch.setattr(compare, "DEMO_DIR", tmp_path / "empty")
+    monkeypatch.delenv(compare.DEMO_ENV, raising=False)
+    monkeypatch.chdir(tmp_path)  # find_demo_dir also looks in ./models/demo
     assert compare.main([]) == 2
     assert "demo victims" in capsys.readouterr().err
     assert compare.main(["--nc-set", "bogus=1"]) == 2

@@ -148,7 +148,37 @@ def test_report_extra_keys_and_context_mask_3d(tmp_path):
     result = scan_result(INFECTED)
     result.labels[1].mask = result.labels[1].mask[..., None]  # [H, W, 1] masks are accepted too
     ctx = ReportContext(model=context().model, data=context().data, preprocess=context().preprocess, seed=0,
-                        extra={"trojan_probability": 0.9})
+                        extra={"audit": {"model_sha256": "cd" * 32}})
     report = write_report(result, tmp_path, ctx, html=False)
-    assert report["trojan_probability"] == 0.9
+    assert report["audit"] == {"model_sha256": "cd" * 32}
     assert np.load(tmp_path / report["labels"][1]["files"]["mask_npy"]).shape == (H, W)
+
+
+def test_report_carries_the_calibrated_trojan_probability(tmp_path):
+    from tabor_tf.calibration import Calibration, load_default
+
+    infected = write_report(scan_result(INFECTED), tmp_path / "inf", context())
+    clean = write_report(scan_result(CLEAN, method="neural_cleanse"), tmp_path / "clean", context())
+    for report in (infected, clean):
+        block = report["trojan_probability"]
+        shipped = load_default(report["method"])
+        assert block["probability"] == pytest.approx(shipped.probability(report["anomaly_index"]))
+        cal = block["calibration"]
+        assert cal["method"] == report["method"] and cal["a"] == shipped.a and cal["b"] == shipped.b
+        for key in ("provisional", "fitted_on_zoo", "source", "n_models", "heldout_cross_entropy", "heldout_auc",
+                    "mapping"):
+            assert key in cal, key
+    assert infected["trojan_probability"]["probability"] > 0.9 > 0.5 > clean["trojan_probability"]["probability"]
+    # the HTML page says it next to the verdict
+    page = (tmp_path / "inf" / "report.html").read_text(encoding="utf-8")
+    line = page[page.index('id="trojan-probability"'):]
+    assert f"Trojan probability {infected['trojan_probability']['probability']:.2f}" in line[:200]
+    assert page.index('id="verdict"') < page.index('id="trojan-probability"') < page.index("Anomaly plot")
+    # an explicit calibration; an infinite index (MAD 0) is a certain detection, written as null
+    fitted = Calibration("tabor", a=3.0, b=-2.0, provisional=False, source="zoo", n_models=10, n_infected=8,
+                         heldout_cross_entropy=0.2, heldout_auc=0.95)
+    flat = build_report(scan_result([5.0, 5.0, 5.0, 1.0, 5.0, 6.0]), context(), calibration=fitted)
+    assert flat["anomaly_index"] is None and flat["trojan_probability"]["anomaly_index"] is None
+    assert flat["trojan_probability"]["probability"] == 1.0
+    assert flat["trojan_probability"]["calibration"]["fitted_on_zoo"]
+    assert flat["trojan_probability"]["calibration"]["heldout_auc"] == 0.95

@@ -137,3 +137,25 @@ def test_runs_under_a_distribution_strategy_with_the_same_result():
 def test_clip_keeps_tanh_variables_recoverable():
     engine, _ = run([0, 1], cfg(steps=6, learning_rate=5.0, tanh_clip=2.0))
     assert np.abs(engine.m_t.numpy()).max() <= 2.0 + 1e-6 and np.abs(engine.p_t.numpy()).max() <= 2.0 + 1e-6
+
+
+def test_a_saved_state_resumes_to_the_uninterrupted_result(tmp_path):
+    config = cfg(steps=15, round_steps=3, stability_epsilon=0.0, stability_floor=0.0, checkpoint_seconds=0.0)
+    x, y = data()
+    _, whole = run([0, 1, 2], config)
+    first = TriggerEngine(ConvVictim().logits, x, y, [0, 1, 2], config, preprocess="unit", seed=3)
+    first.history.append(first.run_round())
+    first.history.append(first.run_round())
+    path = first.save_state(tmp_path / "state.npz", fingerprint="abc")
+    # a fresh engine (as after a killed process) continues from the file
+    again = TriggerEngine(ConvVictim().logits, x, y, [0, 1, 2], config, preprocess="unit", seed=3)
+    assert not again.load_state(path, fingerprint="other settings")  # another fingerprint is not resumed
+    resumed = again.run(checkpoint_path=path, fingerprint="abc")
+    assert again.steps_done == 15 and len(resumed.history) == 5
+    np.testing.assert_array_equal(resumed.masks, whole.masks)
+    np.testing.assert_array_equal(resumed.patterns, whole.patterns)
+    np.testing.assert_array_equal(resumed.lambdas, whole.lambdas)
+    assert resumed.image_steps == whole.image_steps and resumed.steps.tolist() == whole.steps.tolist()
+    # the finished state is on disk too: loading it again needs no more steps
+    done = TriggerEngine(ConvVictim().logits, x, y, [0, 1, 2], config, preprocess="unit", seed=3)
+    assert done.load_state(path, fingerprint="abc") and done.steps_done == 15

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tabor_tf.tabor import explain, quality
+from tabor_tf.errors import TaborError
+from tabor_tf.tabor import explain, preset, quality
 
 D = 32
 
@@ -93,6 +94,51 @@ def test_saliency_is_gradient_times_input():
     expected = np.stack([np.abs(w[None, ..., t] * x[i] / 255.0).sum(-1) for i, t in enumerate([1, 3])])
     np.testing.assert_allclose(sal.numpy(), expected, rtol=1e-4)
     assert logits.shape == (2, 5, 4)
+
+
+def test_saliency_with_a_reference_is_gradient_times_difference():
+    rng = np.random.default_rng(3)
+    w = rng.normal(size=(3, 3, 2, 4)).astype(np.float32)
+    x = rng.uniform(0, 255, (2, 5, 3, 3, 2)).astype(np.float32)
+    ref = rng.uniform(0, 255, (1, 5, 3, 3, 2)).astype(np.float32)  # one clean image per triggered one
+    sal, _ = explain.saliency(Linear(w).logits, tf.constant(x), tf.constant([0, 2]), "unit", reference=tf.constant(ref))
+    expected = np.stack([np.abs(w[None, ..., t] * (x[i] - ref[0]) / 255.0).sum(-1) for i, t in enumerate([0, 2])])
+    np.testing.assert_allclose(sal.numpy(), expected, rtol=1e-4, atol=1e-6)
+    same, _ = explain.saliency(Linear(w).logits, tf.constant(ref), tf.constant([1]), "unit", reference=tf.constant(ref))
+    assert not same.numpy().any()  # no change from the reference: nothing to explain
+
+
+def test_black_reference_passes_an_empty_explanation_the_clean_one_does_not():
+    """Why the reference is the clean image: R4 trains every trigger to win on a black image.
+
+    Label 0 is what this model says for dark images (a constant logit, no pixel matters for it),
+    label 1 for bright ones. A dark "trigger" over the whole image sends every image to 0, but no
+    pixel explains label 0, so the vote keeps nothing. With the black reference the restricted
+    image is all black and still goes to 0 (acc_exp 1, the test passes vacuously); with the clean
+    reference it is the clean image (acc_exp 0).
+    """
+    h, c = 4, 3
+    w = np.zeros((h, h, c, 2), np.float32)
+    w[..., 1] = 1.0 / (h * h * c * 255.0)
+    victim = Linear(w)
+    bias = tf.constant([0.5, 0.0])
+    victim_logits = lambda x: victim.logits(x) + bias  # noqa: E731
+    x = np.random.default_rng(4).uniform(200, 255, (20, h, h, c)).astype(np.float32)
+    y = np.argmax(victim_logits(x).numpy(), axis=-1)
+    assert (y == 1).all()
+    masks, patterns = np.full((1, h, h), 0.9, np.float32), np.zeros((1, h, h, c), np.float32)
+    black = explain.TriggerEvaluator(victim_logits, "raw", fraction=0.25, reference="black")
+    clean = explain.TriggerEvaluator(victim_logits, "raw", fraction=0.25)
+    for ev in (black, clean):
+        acc = ev.evaluate(x, y, masks, patterns, [0])
+        assert acc["acc_att"][0] == 1.0 and not acc["vote"][0].any()
+    assert black.evaluate(x, y, masks, patterns, [0])["acc_exp"][0] == 1.0
+    assert clean.evaluate(x, y, masks, patterns, [0])["acc_exp"][0] == 0.0
+    with pytest.raises(ValueError, match="reference"):
+        explain.TriggerEvaluator(victim_logits, "raw", fraction=0.25, reference="grey")
+    assert preset("gtsrb").explain_reference == preset("fast").explain_reference == "clean"
+    with pytest.raises(TaborError, match="explain_reference"):
+        preset("fast", explain_reference="grey")
 
 
 def test_explanation_test_separates_a_patch_trigger_from_a_spread_one():

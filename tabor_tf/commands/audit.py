@@ -45,6 +45,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-html", action="store_true", help="do not write report.html per model")
     parser.add_argument("--quiet", action="store_true", help="no progress or info lines")
     parser.add_argument("--json", action="store_true", help="print audit.json to stdout")
+    from ..distribute import add_arguments as add_execution_arguments
+
+    add_execution_arguments(parser)
 
 
 def settings_from_args(args):
@@ -71,6 +74,13 @@ def settings_from_args(args):
 
 
 def run(args) -> int:
+    from ..distribute import execution_from_args, using
+
+    with using(execution_from_args(args)):  # every model of the audit runs under it
+        return _run(args)
+
+
+def _run(args) -> int:
     from ..audit import AuditLog, discover, run_audit
     from ..report import dumps
     from ..terminal import ProgressBar, say

@@ -30,6 +30,9 @@ def add_common_input_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model-version", type=int, default=None, metavar="N",
                         help="TF Serving version to scan (default: the highest)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar or info lines (warnings still shown)")
+    from ..distribute import add_arguments as add_execution_arguments
+
+    add_execution_arguments(parser)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -77,6 +80,13 @@ def describe_inputs(prepared, quiet: bool, stream=None) -> None:
 
 
 def run(args) -> int:
+    from ..distribute import execution_from_args, using
+
+    with using(execution_from_args(args)):  # before any model loading (multiworker needs it first)
+        return _run(args)
+
+
+def _run(args) -> int:
     from ..cli import EXIT_CLEAN, EXIT_INFECTED
     from ..errors import TaborError
     from ..report import dumps, method_key
@@ -120,7 +130,18 @@ def run(args) -> int:
         sys.stdout.flush()
         if not args.quiet:
             print_summary(report, report_path, stream=info)
+            _print_probability(report, info)
     elif not args.quiet:
         print_summary(report, report_path, stream=sys.stdout)
+        _print_probability(report, sys.stdout)
         say(f"(total {time.perf_counter() - started:.1f} s including loading)", stream=info)
     return EXIT_INFECTED if report["verdict"] == "infected" else EXIT_CLEAN
+
+
+def _print_probability(report: dict, stream) -> None:
+    """The summary's trojan-probability line (``tabor_tf.calibration``)."""
+    from ..calibration import probability_line
+
+    line = probability_line(report)
+    if line:
+        print(line, file=stream, flush=True)

@@ -54,6 +54,33 @@ def check_classifier_shapes(input_shape, output_shape, where: str) -> tuple[tupl
     return (int(h), int(w), int(c)), k
 
 
+def check_float_input(dtype_name: str, is_float: bool, where: str) -> None:
+    """ModelLoadError unless the image input is a float tensor."""
+    if not is_float:
+        raise ModelLoadError(f"{where}: the input dtype is {dtype_name}; tabor-tf needs a float image input")
+
+
+def probed_logits(forward, shape: tuple) -> tuple:
+    """(output_kind, logits_fn, logits_source) of a forward function whose final activation could
+    not be split off: probe whether it outputs probabilities (then logits = log p) or logits."""
+    if probe_is_probabilities(forward, shape):
+        return "probabilities", log_probabilities(forward), "log of the output probabilities"
+    return "logits", forward, "model output (logits)"
+
+
+CLASSIFIER_KEYS = ("forward", "logits_fn", "input_shape", "num_classes", "output_kind", "logits_source",
+                   "preprocessing_layers", "param_count", "notes")
+
+
+def classifier_parts(*, forward, logits_fn, input_shape: tuple, num_classes: int, output_kind: str,
+                     logits_source: str, preprocessing_layers, param_count, notes: list, **extra) -> dict:
+    """The classifier view every loader returns (``CLASSIFIER_KEYS`` + loader-specific ``extra``,
+    e.g. a SavedModel's ``model`` and ``format_detail``): ``Victim(**parts)`` takes it as is."""
+    return {"forward": forward, "logits_fn": logits_fn, "input_shape": input_shape, "num_classes": num_classes,
+            "output_kind": output_kind, "logits_source": logits_source,
+            "preprocessing_layers": preprocessing_layers, "param_count": param_count, "notes": notes, **extra}
+
+
 def _fmt(shape) -> str:
     return "[" + ", ".join("batch" if i == 0 and d is None else ("?" if d is None else str(d))
                            for i, d in enumerate(shape)) + "]"
@@ -163,8 +190,7 @@ def keras_classifier(model, where: str) -> dict:
         raise ModelLoadError(f"{where}: the model has {len(outputs)} outputs; tabor-tf needs one class-score output")
     inp, out = inputs[0], outputs[0]
     shape, k = check_classifier_shapes(inp.shape, out.shape, where)
-    if not str(inp.dtype).startswith(("float", "bfloat")):
-        raise ModelLoadError(f"{where}: the input dtype is {inp.dtype}; tabor-tf needs a float image input")
+    check_float_input(str(inp.dtype), str(inp.dtype).startswith(("float", "bfloat")), where)
     view = keras.Model(inp, out)
     view.trainable = False
 
@@ -188,18 +214,8 @@ def keras_classifier(model, where: str) -> dict:
         source = split[2]
         if split[1] == "sigmoid":
             notes.append("final sigmoid: its pre-sigmoid values are scanned as logits (same ranking)")
-    elif probe_is_probabilities(forward, shape):
-        kind, logits_fn, source = "probabilities", log_probabilities(forward), "log of the output probabilities"
     else:
-        kind, logits_fn, source = "logits", forward, "model output (logits)"
-    return {
-        "forward": forward,
-        "logits_fn": logits_fn,
-        "input_shape": shape,
-        "num_classes": k,
-        "output_kind": kind,
-        "logits_source": source,
-        "preprocessing_layers": keras_preprocessing_layers(model),
-        "param_count": int(model.count_params()),
-        "notes": notes,
-    }
+        kind, logits_fn, source = probed_logits(forward, shape)
+    return classifier_parts(forward=forward, logits_fn=logits_fn, input_shape=shape, num_classes=k, output_kind=kind,
+                            logits_source=source, preprocessing_layers=keras_preprocessing_layers(model),
+                            param_count=int(model.count_params()), notes=notes)

@@ -12,10 +12,10 @@ from pathlib import Path
 
 from ..errors import ModelLoadError, UnsafeModelError
 from . import model_safety
-from .classifier import PREPROCESSING_CLASSES, check_classifier_shapes, layer_info
+from .classifier import (PREPROCESSING_CLASSES, check_classifier_shapes, check_float_input, classifier_parts,
+                         layer_info, probed_logits)
 from .files import check_declared_bytes, first_line
 from .keras_files import UNSAFE_HINT
-from .victim import log_probabilities, probe_is_probabilities
 
 _SKIPPED_VARIABLES = ("_CHECKPOINTABLE_OBJECT_GRAPH", "save_counter", "OPTIMIZER_SLOT", "optimizer")
 
@@ -87,7 +87,7 @@ def _signature(loaded, where: str):
 
 
 def saved_model_classifier(directory: Path, allow_unsafe: bool) -> dict:
-    """SavedModel directory -> classifier parts (same keys as ``keras_classifier``) + ``model``."""
+    """SavedModel directory -> ``classifier_parts`` (as ``keras_classifier``) + ``model``, ``format_detail``."""
     import tensorflow as tf
 
     where = str(directory)
@@ -119,8 +119,7 @@ def saved_model_classifier(directory: Path, allow_unsafe: bool) -> dict:
     spec = specs[0]
     out_key, out_spec = out_items[0]
     shape, k = check_classifier_shapes(spec.shape.as_list(), out_spec.shape.as_list(), where)
-    if not spec.dtype.is_floating:
-        raise ModelLoadError(f"{where}: the input dtype is {spec.dtype.name}; tabor-tf needs a float image input")
+    check_float_input(spec.dtype.name, spec.dtype.is_floating, where)
     in_name = next(iter(kwargs)) if kwargs else None
 
     def forward(x):
@@ -128,15 +127,13 @@ def saved_model_classifier(directory: Path, allow_unsafe: bool) -> dict:
         result = sig(**{in_name: x}) if in_name is not None else sig(x)
         return result[out_key] if out_key is not None else result
 
-    if probe_is_probabilities(forward, shape):
-        kind, logits_fn, source = "probabilities", log_probabilities(forward), "log of the output probabilities"
+    kind, logits_fn, source = probed_logits(forward, shape)
+    if kind == "probabilities":
         notes.append(
             "the SavedModel outputs probabilities: logits are log(p) clipped at 1e-12, so saturated"
             " outputs give no gradient; a .keras/.h5 file or a SavedModel without the final softmax"
             " gives exact logits"
         )
-    else:
-        kind, logits_fn, source = "logits", forward, "model output (logits)"
     preprocessing = None
     if meta_layers is not None:
         preprocessing = tuple(
@@ -153,17 +150,9 @@ def saved_model_classifier(directory: Path, allow_unsafe: bool) -> dict:
         params = sum(int(v.shape.num_elements() or 0) for v in sig.variables) or params
     except Exception:  # noqa: BLE001 - fall back to the checkpoint count
         pass
-    return {
-        "model": loaded,
-        "forward": forward,
-        "logits_fn": logits_fn,
-        "input_shape": shape,
-        "num_classes": k,
-        "output_kind": kind,
-        "logits_source": source,
-        "preprocessing_layers": preprocessing,
-        "param_count": params or None,
-        "notes": notes,
-        "format_detail": "TensorFlow SavedModel" + (" (tf.keras metadata)" if meta_layers is not None else ""),
-    }
+    return classifier_parts(forward=forward, logits_fn=logits_fn, input_shape=shape, num_classes=k, output_kind=kind,
+                            logits_source=source, preprocessing_layers=preprocessing, param_count=params or None,
+                            notes=notes, model=loaded,
+                            format_detail="TensorFlow SavedModel"
+                            + (" (tf.keras metadata)" if meta_layers is not None else ""))
 

@@ -7,7 +7,9 @@ has none) -> ``engine`` (all labels' triggers, hyperparameter augmentation) -> `
 
 With ``checkpoint_dir`` the finished triggers are saved (``tabor_triggers.npz`` + a fingerprint
 of model, data, settings and seed); a later scan with the same fingerprint reuses them and only
-recomputes the metric and the decision.
+recomputes the metric and the decision. While the engine runs, its whole state is saved there
+too (``tabor_engine_state.npz``, every ``checkpoint_seconds``), so a killed scan re-run with the
+same command continues the trigger search where it stopped.
 """
 
 from __future__ import annotations
@@ -34,9 +36,11 @@ from .presets import TERM_NAMES, TaborConfig, default_preset_for, preset
 
 METHOD = "tabor"
 CHECKPOINT_FILE = "tabor_triggers.npz"
+STATE_FILE = "tabor_engine_state.npz"  # the engine's state while it runs (removed once the triggers are saved)
 # settings that change only the metric or the decision, not the optimised triggers
-_NOT_IN_FINGERPRINT = ("preset", "eval_images", "footprint_threshold", "explain_fraction", "mad_threshold",
-                       "max_images_per_step", "label_bucket")
+_NOT_IN_FINGERPRINT = ("preset", "eval_images", "footprint_threshold", "explain_fraction", "explain_reference",
+                       "mad_threshold",
+                       "max_images_per_step", "label_bucket", "checkpoint_seconds")
 
 
 def _clean_arrays(victim, data):
@@ -145,7 +149,7 @@ def eval_subset(n: int, size: int, seed: int) -> np.ndarray:
 def score_triggers(victim, x, y_ref, result: EngineResult, config: TaborConfig, mode: str, seed: int) -> list:
     """Quality parts (``quality.quality_parts``) of every label's trigger, plus the raw accuracies."""
     sel = eval_subset(len(x), int(config.eval_images), seed)
-    evaluator = TriggerEvaluator(victim.logits, mode, config.explain_fraction)
+    evaluator = TriggerEvaluator(victim.logits, mode, config.explain_fraction, config.explain_reference)
     acc = evaluator.evaluate(x[sel], y_ref[sel], result.masks, result.patterns, result.labels,
                              max_images=config.max_images_per_step)
     out = []
@@ -183,9 +187,13 @@ def scan(victim, data, *, preprocess: str, labels: Optional[Sequence[int]] = Non
         notes.append(f"triggers of {len(chosen)} labels reused from {Path(checkpoint_dir) / CHECKPOINT_FILE}")
     else:
         engine = TriggerEngine(victim.logits, x, y_ref, chosen, config, preprocess=mode, seed=seed, strategy=strategy)
-        result = engine.run(progress, method=METHOD)
+        state_path = Path(checkpoint_dir) / STATE_FILE if checkpoint_dir else None
+        result = engine.run(progress, method=METHOD, checkpoint_path=state_path, fingerprint=fingerprint)
+        if result.resumed_at_step:
+            notes.append(f"trigger search resumed at step {result.resumed_at_step} from {state_path}")
         if checkpoint_dir:
             save_triggers(checkpoint_dir, result, fingerprint)
+            state_path.unlink(missing_ok=True)
     scores = score_triggers(victim, x, y_ref, result, config, mode, seed)
     a_values = [p["A"] for p in scores]
     mad = mad_test(a_values, chosen, threshold=config.mad_threshold)

@@ -23,13 +23,26 @@ Chunks: the active labels are split so that one forward pass holds at most
 results are discarded) to a multiple of ``label_bucket`` labels, so a scan sees only a few
 distinct shapes. Once per round (``round_steps`` steps) the per-label bookkeeping is updated by
 ``augmentation.update`` and labels that converged leave the batch.
+
+Budget scheduler (``config.scheduler == "retire"``, ``scheduler.py``): after a warm-up, labels
+whose provisional score (log L1 of the kept mask) lies far above the median also leave the batch
+("retired"); they can no longer become low outliers of the MAD test.
+
+Interruptions: ``run(checkpoint_path=..., fingerprint=...)`` saves the whole state (variables,
+Adam slots and step counts, lambdas, augmentation and scheduler bookkeeping, the batch order's
+RNG state and buffer, counters, per-label times) atomically to one ``.npz`` at round boundaries,
+at most every ``config.checkpoint_seconds``, and a later ``run`` with the same file and
+fingerprint continues from it: the steps that follow are the ones an uninterrupted run takes.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from pathlib import Path
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -41,6 +54,7 @@ from tabor_tf.stamping import crop_trigger, stamp_all, trigger_only
 
 from . import augmentation as aug
 from . import objective as obj
+from . import scheduler as sched
 from .presets import TaborConfig
 
 KERAS_EPSILON = 1e-7
@@ -77,6 +91,14 @@ class BatchOrder:
         self.n, self.batch_size = int(n), int(batch_size)
         self.rng = np.random.default_rng([int(seed), 0xBA7C])
         self._buffer = np.zeros(0, np.int32)
+
+    def get_state(self) -> tuple:
+        """``(rng state as JSON text, buffer [m] int32)``: everything ``next`` depends on."""
+        return json.dumps(self.rng.bit_generator.state), self._buffer.copy()
+
+    def set_state(self, rng_state: str, buffer) -> None:
+        self.rng.bit_generator.state = json.loads(rng_state)
+        self._buffer = np.asarray(buffer, np.int32).copy()
 
     def next(self) -> np.ndarray:
         while len(self._buffer) < self.batch_size:
@@ -126,7 +148,7 @@ class EngineResult:
     masks: np.ndarray  # [K,H,W] in [0,1]
     patterns: np.ndarray  # [K,H,W,C] raw 0..255
     steps: np.ndarray  # [K] optimisation steps each label ran
-    stop_reasons: list  # "converged" / "max_steps"
+    stop_reasons: list  # "converged" / "max_steps" / "retired" (budget scheduler)
     round_success: np.ndarray  # [K] round attack success of the kept trigger
     reached: np.ndarray  # [K] bool: the kept trigger reached phi
     lambdas: np.ndarray  # [K,6] live lambdas at the end
@@ -135,6 +157,7 @@ class EngineResult:
     image_steps: int  # stamped + cropped + trigger-alone images that went through forward+backward
     wall_seconds: float
     history: list = field(default_factory=list)  # per round: {"round", "active", "success", ...}
+    resumed_at_step: int = 0  # > 0: this run continued a saved state from that step
 
     @property
     def images_per_second(self) -> float:
@@ -173,8 +196,12 @@ class TriggerEngine:
         m0 = np.stack([i[0] for i in inits])
         p0 = np.stack([i[1] for i in inits])
         with self.strategy.scope():
-            self.x = tf.constant(x_raw)
-            self.y = tf.constant(np.asarray(y_ref, np.int32).reshape(-1))
+            y_ref = np.asarray(y_ref, np.int32).reshape(-1)
+            if self.strategy.num_replicas_in_sync > 1:  # a copy per replica: each gathers its share locally
+                self.x = tf.Variable(x_raw, trainable=False, name="tabor_clean_images")
+                self.y = tf.Variable(y_ref, trainable=False, name="tabor_reference_labels")
+            else:
+                self.x, self.y = tf.constant(x_raw), tf.constant(y_ref)
             self.targets = tf.constant(np.asarray(self.labels, np.int32))
             self.m_t = tf.Variable(m0, name="tabor_mask_tanh")
             self.p_t = tf.Variable(p0, name="tabor_pattern_tanh")
@@ -192,6 +219,18 @@ class TriggerEngine:
         self.best_terms = np.full((k, 6), np.nan, np.float32)
         self.steps_done = 0
         self.image_steps = 0
+        self.retire_settings = None
+        if getattr(config, "scheduler", "none") == "retire":
+            self.retire_settings = sched.RetireSettings(int(config.scheduler_warmup_rounds),
+                                                        float(config.scheduler_margin),
+                                                        float(config.scheduler_max_fraction))
+        self.retired = np.zeros(k, bool)
+        self.score_log = np.zeros((0, k))  # provisional score of every label after each round (scheduler)
+        self.rounds_done = 0
+        self.history = []
+        self.stopped_at = np.zeros(k)  # seconds from the start until each label left the batch
+        self.steps_of = np.zeros(k, np.int64)  # optimisation steps each label ran
+        self.elapsed = 0.0  # optimisation seconds before this process (restored checkpoints)
         spec = [tf.TensorSpec([None], tf.int32), tf.TensorSpec([], tf.int32),
                 tf.TensorSpec([self.batch_size], tf.int32)]
         self._step = tf.function(self._distributed_step, input_signature=spec)
@@ -203,48 +242,93 @@ class TriggerEngine:
 
     # ----- the compiled step --------------------------------------------------------------------
     def _distributed_step(self, idx, n_real, batch):
-        return self.strategy.run(self._step_fn, args=(idx, n_real, batch))
+        """One step of the labels ``idx`` on the clean batch ``batch``: every replica takes its share
+        of the images (``_step_fn``), the gradients and statistics are all-reduced (sums), and the
+        Adam update is applied once, in cross-replica context, to every copy of the variables."""
+        out = self.strategy.run(self._step_fn, args=(idx, n_real, batch))
+        g_m, g_p, stats, loss = (self.strategy.experimental_local_results(v)[0] for v in out)
+        self._apply(idx, n_real, g_m, g_p, stats)
+        return tf.reduce_sum(loss[:n_real])
 
-    def _losses(self, m_t, p_t, targets, lambdas, x, y):
-        """Per-label objective and its parts for gathered rows: -> (loss [n], terms [n,6], ce [n], hits [n])."""
+    @staticmethod
+    def _share(size: int, replicas: int, replica):
+        """``(start, end, weight)`` of this replica's share of ``size`` images: a contiguous slice
+        when there are at least as many images as replicas (weight = share / size, so the shares'
+        means add up to the whole batch's mean), else all of them on every replica (weight 1 / R)."""
+        if replicas == 1 or size < replicas:
+            return 0, size, tf.constant(1.0 / replicas)
+        start = (replica * size) // replicas
+        end = ((replica + 1) * size) // replicas
+        return start, end, tf.cast(end - start, tf.float32) / float(size)
+
+    def _losses(self, m_t, p_t, targets, lambdas, x, y, x_block=None, weights=(1.0, 1.0, 1.0)):
+        """Per-label objective and its parts for gathered rows: -> (loss [n], terms [n,6], ce [n], hits [n]).
+
+        ``x [b,H,W,C]`` the attack images, ``x_block``/``y [b3]`` the blocking (R3) images (default:
+        the first ``blocking`` of ``x`` / ``y``). ``weights = (attack, blocking, rest)`` scale the
+        batch means, R3, and the model-free terms + R4 of this replica's share (all 1 on one device).
+        """
         cfg = self.config
         h, w, c = self.shape
         mask = self._mask_values(m_t)
         pattern = trigger_vars.pattern_from_tanh(p_t)
         n = tf.shape(m_t)[0]
-        b, b3 = self.batch_size, self.blocking
+        b = x.shape[0] if x.shape[0] is not None else tf.shape(x)[0]  # static on one replica
+        w_att, w_block, w_rest = weights
+        if x_block is None:
+            x_block, y = x[: self.blocking], y[: self.blocking]
+        b3 = x_block.shape[0] if x_block.shape[0] is not None else tf.shape(x_block)[0]
         pieces = [tf.reshape(stamp_all(x, mask, pattern), [-1, h, w, c])]
-        if b3 > 0:
-            pieces.append(tf.reshape(crop_trigger(x[None, :b3], mask[:, None]), [-1, h, w, c]))
+        if self.blocking > 0:
+            pieces.append(tf.reshape(crop_trigger(x_block[None], mask[:, None]), [-1, h, w, c]))
         pieces.append(trigger_only(mask, pattern))
-        logits = tf.cast(self.logits_fn(preprocess_fn(tf.concat(pieces, axis=0), self.mode)), tf.float32)
+        x_model = preprocess_fn(tf.concat(pieces, axis=0), self.mode)
+        logits = tf.cast(self.logits_fn(x_model), tf.float32)  # a float16 twin (distribute) casts back
         k_cls = tf.shape(logits)[-1]
         l_att = tf.reshape(logits[: n * b], [n, b, k_cls])
         l_alone = logits[-n:]
-        ce = obj.attack_loss(l_att, targets)
+        ce = obj.attack_loss(l_att, targets) * w_att
         shape_terms = obj.shape_terms(mask, pattern, pattern_regularizer=cfg.pattern_regularizer,
-                                      pattern_scale=cfg.pattern_scale)
-        if b3 > 0:
-            blocking = obj.blocking_loss(tf.reshape(logits[n * b: n * (b + b3)], [n, b3, k_cls]), y[:b3])
+                                      pattern_scale=cfg.pattern_scale) * w_rest
+        if self.blocking > 0:
+            blocking = obj.blocking_loss(tf.reshape(logits[n * b: n * (b + b3)], [n, b3, k_cls]), y) * w_block
         else:
             blocking = tf.zeros([n])
-        overlay = obj.overlay_loss(l_alone, targets)
+        overlay = obj.overlay_loss(l_alone, targets) * w_rest
         terms = tf.concat([shape_terms, blocking[:, None], overlay[:, None]], axis=1)
-        return obj.total_loss(ce, terms, lambdas), terms, ce, obj.attack_hits(l_att, targets)
+        return obj.total_loss(ce, terms, lambdas), terms, ce, obj.attack_hits(l_att, targets) * w_att
 
     def _step_fn(self, idx, n_real, batch):
-        cfg = self.config
-        x = tf.gather(self.x, batch)
-        y = tf.gather(self.y, batch)
+        """Replica side of a step: this replica's share of the batch -> all-reduced
+        ``(grad m_t [n,...], grad p_t [n,...], stats [n,8], loss [n])``."""
+        ctx = tf.distribute.get_replica_context()
+        replicas = int(ctx.num_replicas_in_sync)
+        replica = tf.cast(ctx.replica_id_in_sync_group, tf.int32) if replicas > 1 else 0
+        a0, a1, w_att = self._share(self.batch_size, replicas, replica)
+        k0, k1, w_block = self._share(self.blocking, replicas, replica)
+        att, block = batch[a0:a1], batch[:self.blocking][k0:k1]
         targets = tf.gather(self.targets, idx)
         lambdas = tf.gather(self.lambdas, idx)
         m_t = tf.gather(self.m_t, idx)
         p_t = tf.gather(self.p_t, idx)
         with tf.GradientTape() as tape:
             tape.watch([m_t, p_t])
-            loss, terms, ce, hits = self._losses(m_t, p_t, targets, lambdas, x, y)
+            loss, terms, ce, hits = self._losses(
+                m_t, p_t, targets, lambdas, tf.gather(self.x, att), tf.gather(self.y, block),
+                x_block=tf.gather(self.x, block), weights=(w_att, w_block, tf.constant(1.0 / replicas)))
             total = tf.reduce_sum(loss)  # label k's variables only see label k's loss
         g_m, g_p = tape.gradient(total, [m_t, p_t])
+        stats = tf.concat([ce[:, None], terms, hits[:, None]], axis=1)
+        out = (g_m, g_p, stats, loss)
+        if replicas > 1:
+            out = tuple(ctx.all_reduce(tf.distribute.ReduceOp.SUM, list(out)))
+        return out
+
+    def _apply(self, idx, n_real, g_m, g_p, stats):
+        """Adam on the gathered rows, scattered back (``scatter_update``: every replica's copy)."""
+        cfg = self.config
+        m_t = tf.gather(self.m_t, idx)
+        p_t = tf.gather(self.p_t, idx)
         t = tf.gather(self.t, idx)
         adam = dict(lr=cfg.learning_rate, beta_1=cfg.beta_1, beta_2=cfg.beta_2)
         new_m, mm, vm, t1 = adam_update(m_t, g_m, tf.gather(self.m_m, idx), tf.gather(self.v_m, idx), t, **adam)
@@ -252,13 +336,11 @@ class TriggerEngine:
         if cfg.tanh_clip > 0:  # a float32 tanh saturates to exactly +-1 (zero gradient) beyond ~8.7
             new_m = tf.clip_by_value(new_m, -cfg.tanh_clip, cfg.tanh_clip)
             new_p = tf.clip_by_value(new_p, -cfg.tanh_clip, cfg.tanh_clip)
-        real = idx[:n_real, None]
+        real = idx[:n_real]
         for var, value in ((self.m_t, new_m), (self.v_m, vm), (self.m_m, mm), (self.p_t, new_p),
-                           (self.m_p, mp), (self.v_p, vp), (self.t, t1)):
-            var.scatter_nd_update(real, value[:n_real])
-        stats = tf.concat([ce[:, None], terms, hits[:, None]], axis=1)
-        self.sums.scatter_nd_update(real, (tf.gather(self.sums, idx) + stats)[:n_real])
-        return tf.reduce_sum(loss[:n_real])
+                           (self.m_p, mp), (self.v_p, vp), (self.t, t1),
+                           (self.sums, tf.gather(self.sums, idx) + stats)):
+            var.scatter_update(tf.IndexedSlices(value[:n_real], real))
 
     # ----- rounds -------------------------------------------------------------------------------
     def active_positions(self) -> np.ndarray:
@@ -290,48 +372,141 @@ class TriggerEngine:
             self.best_pattern.assign(tf.where(sel[:, None, None, None], trigger_vars.pattern_from_tanh(self.p_t),
                                               self.best_pattern))
             self.best_terms[imp] = terms[imp]
+        self.rounds_done += 1
+        retired_now = self._retire()
         return {"step": self.steps_done, "active": [self.labels[i] for i in active],
                 "success": {self.labels[i]: round(float(success[i]), 4) for i in active},
-                "improved": [self.labels[i] for i in np.flatnonzero(imp)]}
+                "improved": [self.labels[i] for i in np.flatnonzero(imp)],
+                "retired": [self.labels[i] for i in np.flatnonzero(retired_now)]}
 
-    def run(self, progress: ProgressFn = None, method: str = "tabor") -> EngineResult:
-        """Rounds until every label converged or ran ``config.steps`` steps."""
+    def _retire(self) -> np.ndarray:
+        """The budget scheduler's decision after a round: retired labels leave the batch -> ``[K]`` bool."""
         k = len(self.labels)
-        start = time.perf_counter()
-        stopped_at = np.zeros(k)
-        steps_of = np.zeros(k, np.int64)
-        history = []
+        if self.retire_settings is None:
+            return np.zeros(k, bool)
+        scores = sched.provisional_scores(tf.reduce_sum(self.best_mask, axis=[1, 2, 3]).numpy())
+        self.score_log = np.concatenate([self.score_log, scores[None]])
+        earlier = self.score_log[max(0, len(self.score_log) - 1 - self.retire_settings.window)]
+        active = self.state.active.numpy()
+        out = sched.retire(scores, earlier, self.config.max_rounds - self.rounds_done, active,
+                           self.state.reached.numpy(), self.retired, self.rounds_done, self.retire_settings)
+        if out.any():
+            self.retired |= out
+            self.state = self.state._replace(active=tf.constant(active & ~out))
+        return out
+
+    # ----- checkpoints --------------------------------------------------------------------------
+    def _variables(self) -> dict:
+        return {"m_t": self.m_t, "p_t": self.p_t, "m_m": self.m_m, "v_m": self.v_m, "m_p": self.m_p,
+                "v_p": self.v_p, "t": self.t, "lambdas": self.lambdas, "best_mask": self.best_mask,
+                "best_pattern": self.best_pattern}
+
+    def save_state(self, path, fingerprint: str = "") -> Path:
+        """Write the whole optimisation state atomically to ``path`` (``.npz``), at a round boundary."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        rng_state, buffer = self.order.get_state()
+        arrays = {f"var_{k}": v.numpy() for k, v in self._variables().items()}
+        arrays.update({f"aug_{k}": np.asarray(v.numpy() if hasattr(v, "numpy") else v)
+                       for k, v in self.state._asdict().items()})
+        meta = {"fingerprint": fingerprint, "labels": self.labels, "steps_done": int(self.steps_done),
+                "image_steps": int(self.image_steps), "rounds_done": int(self.rounds_done),
+                "rng_state": rng_state, "history": self.history, "elapsed": float(self.elapsed)}
+        arrays.update(best_terms=self.best_terms, retired=self.retired, score_log=self.score_log,
+                      stopped_at=self.stopped_at,
+                      steps_of=self.steps_of, order_buffer=buffer, meta=np.array(json.dumps(meta)))
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **arrays)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        return path
+
+    def load_state(self, path, fingerprint: str = "") -> bool:
+        """Restore a state written by ``save_state`` for the same fingerprint and labels -> True if done."""
+        path = Path(path)
+        if not path.is_file():
+            return False
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                meta = json.loads(str(z["meta"]))
+                if meta.get("fingerprint") != fingerprint or meta.get("labels") != self.labels:
+                    return False
+                arrays = {k: z[k] for k in z.files}
+        except (OSError, ValueError, KeyError):
+            return False
+        for name, var in self._variables().items():
+            var.assign(arrays[f"var_{name}"])
+        self.state = aug.AugmentState(**{f: tf.constant(arrays[f"aug_{f}"]) for f in aug.AugmentState._fields})
+        self.best_terms = arrays["best_terms"].astype(np.float32)
+        self.retired = arrays["retired"].astype(bool)
+        self.score_log = arrays["score_log"].astype(np.float64)
+        self.stopped_at = arrays["stopped_at"].astype(np.float64)
+        self.steps_of = arrays["steps_of"].astype(np.int64)
+        self.order.set_state(meta["rng_state"], arrays["order_buffer"])
+        self.steps_done, self.image_steps = int(meta["steps_done"]), int(meta["image_steps"])
+        self.rounds_done, self.history = int(meta["rounds_done"]), list(meta["history"])
+        self.elapsed = float(meta["elapsed"])
+        return True
+
+    def run(self, progress: ProgressFn = None, method: str = "tabor", *, checkpoint_path=None,
+            fingerprint: str = "") -> EngineResult:
+        """Rounds until every label converged, was retired or ran ``config.steps`` steps.
+
+        ``checkpoint_path``: resume from this state file when it holds the same ``fingerprint``,
+        and save the state there at most every ``config.checkpoint_seconds`` (at round ends) and
+        at the end.
+        """
+        k = len(self.labels)
+        every = float(getattr(self.config, "checkpoint_seconds", 30.0))
+        resumed_at = 0
+        if checkpoint_path is not None and self.load_state(checkpoint_path, fingerprint):
+            resumed_at = self.steps_done
+            emit(progress, method=method, labels_done=int(k - self.state.active.numpy().sum()), labels_total=k,
+                 step=self.steps_done, max_steps=int(self.config.steps), label=None,
+                 message=f"resumed the trigger search at step {self.steps_done} from {checkpoint_path}")
+        start = time.perf_counter() - self.elapsed
+        last_save = time.perf_counter()
         while self.steps_done < self.config.steps and self.state.active.numpy().any():
             before = self.state.active.numpy()
-            history.append(self.run_round())
+            self.history.append(self.run_round())
             after = self.state.active.numpy()
             now = time.perf_counter() - start
-            left = before & ~after
-            stopped_at[left] = now
-            steps_of[before] = self.steps_done
+            self.stopped_at[before & ~after] = now
+            self.steps_of[before] = self.steps_done
+            self.elapsed = now
+            if checkpoint_path is not None and time.perf_counter() - last_save >= every:
+                self.save_state(checkpoint_path, fingerprint)
+                last_save = time.perf_counter()
             emit(progress, method=method, labels_done=int(k - after.sum()), labels_total=k,
                  step=self.steps_done, max_steps=int(self.config.steps), label=None,
-                 message=f"round {len(history)}: {int(after.sum())} label(s) still optimising")
+                 message=f"round {len(self.history)}: {int(after.sum())} label(s) still optimising")
         wall = time.perf_counter() - start
+        self.elapsed = wall
         still = self.state.active.numpy()
-        stopped_at[still] = wall
+        self.stopped_at[still] = wall
+        if checkpoint_path is not None:
+            self.save_state(checkpoint_path, fingerprint)
         codes = self.state.stop_code.numpy()
-        reasons = [aug.STOP_REASONS[aug.MAX_STEPS] if still[i] else aug.STOP_REASONS[int(codes[i])]
+        reasons = ["retired" if self.retired[i] else
+                   aug.STOP_REASONS[aug.MAX_STEPS] if still[i] else aug.STOP_REASONS[int(codes[i])]
                    for i in range(k)]
         return EngineResult(
             labels=list(self.labels),
             masks=self.best_mask.numpy()[..., 0],
             patterns=self.best_pattern.numpy(),
-            steps=steps_of,
+            steps=self.steps_of.copy(),
             stop_reasons=reasons,
             round_success=np.maximum(self.state.best_success.numpy(), 0.0),
             reached=self.state.reached.numpy(),
             lambdas=self.state.lambdas.numpy(),
             best_terms=self.best_terms.copy(),
-            seconds=stopped_at,
+            seconds=self.stopped_at.copy(),
             image_steps=int(self.image_steps),
             wall_seconds=wall,
-            history=history,
+            history=list(self.history),
+            resumed_at_step=int(resumed_at),
         )
 
 
