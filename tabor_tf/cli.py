@@ -42,6 +42,8 @@ def quiet_tensorflow() -> None:
         finally:
             os.dup2(saved, 2)
             os.close(saved)
+    # tf.function retracing notices (one evaluator per model in a zoo or audit) are not for users
+    tensorflow.get_logger().setLevel("ERROR")
 
 
 def _command_modules():

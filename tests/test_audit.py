@@ -44,10 +44,10 @@ def test_serving_all_versions_then_latest_and_reuse(serving, tiny_clean_victim, 
         assert report["audit"]["model_sha256"] == e["model_sha256"] and len(e["model_sha256"]) == 64
         assert report["verdict"] == e["verdict"] and report["flagged_labels"] == e["flagged_labels"]
         assert e["seconds"] > 0
-        if e["anomaly_index"] is not None:  # the (provisional) calibrated probability rises with the index
+        if e["anomaly_index"] is not None:  # the calibrated probability rises with the index
             assert 0.0 < e["trojan_probability"] < 1.0
     probs = sorted((e["anomaly_index"], e["trojan_probability"]) for e in summary["models"])
-    assert probs[0][1] <= probs[-1][1] and summary["calibration"]["provisional"] is True
+    assert probs[0][1] <= probs[-1][1] and summary["calibration"]["provisional"] is False
     assert rc == (1 if any(e["verdict"] == "infected" for e in summary["models"]) else 0) == summary["exit_status"]
     md = (out / "audit.md").read_text()
     assert "signs-v1" in md and "signs-v2" in md and "| model | verdict |" in md

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from tabor_tf.calibration import (Calibration, cross_entropy, feature, fit, load_default, pairs_from_compare,
+from tabor_tf.calibration import (Calibration, cross_entropy, feature, fit, load_default, pairs_from_compare, sigmoid,
                                   probability_line, report_block, roc_auc, save)
 
 
@@ -65,14 +65,16 @@ def test_pairs_from_compare_and_defaults(tmp_path):
                         "neural_cleanse": {"anomaly_index": 1.0}}}))
     dirs = sorted(tmp_path.iterdir())
     assert pairs_from_compare(dirs, "tabor") == [(4.0, True), (0.7, False), (np.inf, True), (None, False)]
-    default = load_default("tabor")
-    assert default.provisional and default.probability(2.0) == pytest.approx(0.5, abs=1e-3)
+    default = load_default("tabor")  # the shipped file: fitted on the GTSRB zoo (models/recipes/gtsrb-zoo.json)
+    assert not default.provisional and default.n_models >= 4 and default.heldout_auc is not None
+    assert default.probability(2.0) == pytest.approx(float(sigmoid(default.a * np.log(3.0) + default.b)))
+    assert default.probability(0.5) < default.probability(2.0) < default.probability(5.0)
     assert load_default("neural_cleanse").probability(10.0) > 0.9
     block = report_block("tabor", 5.0)
     assert block["probability"] == pytest.approx(default.probability(5.0)) and block["probability"] > 0.5
-    assert block["calibration"]["provisional"] and not block["calibration"]["fitted_on_zoo"]
+    assert not block["calibration"]["provisional"] and block["calibration"]["fitted_on_zoo"]
     assert block["calibration"]["file"] == "calibration.json" and block["anomaly_index"] == 5.0
-    assert "provisional" in probability_line({"trojan_probability": block})
+    assert f"calibrated on {default.n_models} zoo models" in probability_line({"trojan_probability": block})
     assert report_block("nc", None)["probability"] is None
     assert report_block("tabor", float("inf"))["probability"] == 1.0
     broken = report_block("tabor", 5.0, path=tmp_path / "missing.json")  # never fails the scan
