@@ -375,7 +375,10 @@ def _verdict_fields(report: dict, seeds: int) -> dict:
     if seeds > 1:
         per = report["per_seed"]
         anomalies = [r.get("anomaly_index") for r in per if r.get("anomaly_index") is not None]
-        return {"verdict": report["majority_verdict"], "flagged_labels": list(report["majority_flagged"]),
+        consensus = list(report.get("consensus_flagged") or ())
+        if report["majority_verdict"] != "infected" or not consensus:
+            consensus = list(report["majority_flagged"])  # no label flagged by most seeds: the commonest set
+        return {"verdict": report["majority_verdict"], "flagged_labels": consensus,
                 "anomaly_index": max(anomalies) if anomalies else None,
                 "seconds": sum(r.get("seconds") or 0.0 for r in per),
                 "stability": {k: report[k] for k in ("seeds", "verdict_agreement", "flagged_agreement",

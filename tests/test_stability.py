@@ -7,7 +7,7 @@ import pytest
 
 from tabor_tf.cli import main
 from tabor_tf.errors import TaborError
-from tabor_tf.stability import add_seed_arguments, exit_code, run_scan_with_seeds, seed_list, summarise
+from tabor_tf.stability import add_seed_arguments, exit_code, run_scan_with_seeds, seed_list, stability_lines, summarise
 
 NC_SETTINGS = {"mini_batch": 3, "steps": 30}
 
@@ -25,6 +25,12 @@ def test_summarise_agreement_majority_and_ties():
     assert tie["majority_verdict"] == "infected" and tie["verdict_agreement"] == 0.5  # a tie does not pass
     same = summarise([_r(5, "clean"), _r(6, "clean")])
     assert same["unanimous"] and same["majority_flagged"] == [] and exit_code(same) == 0
+    assert s["label_flag_rate"] == {"2": 0.25, "7": 0.75} and s["consensus_flagged"] == [7]
+    # each seed adds a different extra label: no flagged set repeats, the consensus is the target
+    varied = summarise([_r(0, "infected", [7, 20]), _r(1, "infected", [7, 33]), _r(2, "infected", [7])])
+    assert varied["flagged_agreement"] == pytest.approx(1 / 3) and varied["consensus_flagged"] == [7]
+    assert "flagged by most seeds: {7}" in stability_lines(varied)[-1]
+    assert same["consensus_flagged"] == [] and same["label_flag_rate"] == {}
     assert seed_list(4, 3) == [4, 5, 6]
     with pytest.raises(TaborError):
         seed_list(0, 0)
