@@ -273,7 +273,7 @@ def _error_text(exc: BaseException) -> str:
 def _entry(item: AuditItem) -> dict:
     return {"id": item.model_id, "model": item.path, "version": item.version, "data": item.data,
             "status": None, "verdict": None, "flagged_labels": [], "anomaly_index": None, "seconds": None,
-            "error": None}
+            "trojan_probability": None, "error": None}
 
 
 def _reusable(report_path: Path, model_sha: str, s_hash: str) -> Optional[dict]:
@@ -353,39 +353,29 @@ def audit_one(item: AuditItem, out_dir: Path, settings: AuditSettings, log: Audi
         log.say(f"{item.model_id}: could not be scanned: {entry['error']}")
     if entry["status"] != STATUS_REUSED:
         entry["seconds"] = round(time.perf_counter() - started, 3)
-    ai = entry["anomaly_index"]
-    if ai is None and entry.get("flagged_labels"):
-        ai = float("inf")  # reports write an infinite index (MAD 0 with an outlier) as null
-    entry["trojan_probability"] = _probability(settings.method, ai)
     return entry
 
 
-def _probability(method: str, anomaly_index) -> Optional[float]:
-    """The calibrated trojan probability (``tabor_tf.calibration``, shipped defaults) or ``None``."""
-    from .calibration import load_default
-    from .report import method_key
-
-    try:
-        return load_default(method_key(method)).probability(anomaly_index)
-    except (OSError, KeyError, ValueError, TypeError):
-        return None
-
-
 def _verdict_fields(report: dict, seeds: int) -> dict:
+    """The audit entry's fields from a scan's report.json (or, with seeds, its stability.json); the
+    trojan probability is the one each report already carries (the highest over the seeds)."""
     if seeds > 1:
         per = report["per_seed"]
         anomalies = [r.get("anomaly_index") for r in per if r.get("anomaly_index") is not None]
+        probabilities = [r["trojan_probability"] for r in per if r.get("trojan_probability") is not None]
         consensus = list(report.get("consensus_flagged") or ())
         if report["majority_verdict"] != "infected" or not consensus:
             consensus = list(report["majority_flagged"])  # no label flagged by most seeds: the commonest set
         return {"verdict": report["majority_verdict"], "flagged_labels": consensus,
                 "anomaly_index": max(anomalies) if anomalies else None,
+                "trojan_probability": max(probabilities) if probabilities else None,
                 "seconds": sum(r.get("seconds") or 0.0 for r in per),
                 "stability": {k: report[k] for k in ("seeds", "verdict_agreement", "flagged_agreement",
                                                      "unanimous")},
                 "per_seed": per}
     return {"verdict": report["verdict"], "flagged_labels": [int(k) for k in report.get("flagged_labels") or ()],
             "anomaly_index": report.get("anomaly_index"), "seconds": report.get("seconds"),
+            "trojan_probability": (report.get("trojan_probability") or {}).get("probability"),
             "report": "report.json"}
 
 
