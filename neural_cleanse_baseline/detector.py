@@ -274,4 +274,5 @@ def scan(
         settings=settings,
         clean_accuracy=_clean_accuracy(victim, x, y, mode),
         notes=notes,
+        num_classes=int(victim.num_classes),
     )

@@ -2,7 +2,8 @@
 
     items = discover("models/signs", data="clean.npz", versions="all")
     summary = run_audit(items, "audit-out", AuditSettings(method="nc"))
-    exit_status(summary)   # 2 if any model could not be scanned, else 1 if any infected, else 0
+    exit_status(summary)   # 2 if any model could not be scanned, else 1 if any infected, 3 if any
+                           # inconclusive, else 0
 
 PATH kinds: a TF Serving model base path (``NAME/<version>/`` SavedModels: every version or the
 latest), a folder of model files (``.h5`` / ``.hdf5`` / ``.keras`` / SavedModel folders / zoo-style
@@ -52,6 +53,7 @@ class AuditSettings:
     max_samples: Optional[int] = 1000
     allow_unsafe: bool = False
     html: bool = True
+    allow_low_accuracy: bool = False  # scan below the clean-accuracy floor (verdict inconclusive)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -326,7 +328,7 @@ def audit_one(item: AuditItem, out_dir: Path, settings: AuditSettings, log: Audi
             method=settings.method, preprocess=item.preprocess or settings.preprocess,
             labels=parse_labels(item.labels), preset=settings.preset, overrides=dict(settings.overrides),
             max_samples=settings.max_samples, allow_unsafe=settings.allow_unsafe, model_version=item.version,
-            html=settings.html, extra=mark,
+            html=settings.html, extra=mark, allow_low_accuracy=settings.allow_low_accuracy,
         )
         if settings.seeds > 1:
             summary = run_scan_with_seeds(settings.seeds, settings.seed, model_dir, model_path=item.path,
@@ -369,6 +371,7 @@ def _verdict_fields(report: dict, seeds: int) -> dict:
         return {"verdict": report["majority_verdict"], "flagged_labels": consensus,
                 "anomaly_index": max(anomalies) if anomalies else None,
                 "trojan_probability": max(probabilities) if probabilities else None,
+                "probability_validated": all(r.get("probability_validated", False) for r in per),
                 "seconds": sum(r.get("seconds") or 0.0 for r in per),
                 "stability": {k: report[k] for k in ("seeds", "verdict_agreement", "flagged_agreement",
                                                      "unanimous")},
@@ -376,7 +379,14 @@ def _verdict_fields(report: dict, seeds: int) -> dict:
     return {"verdict": report["verdict"], "flagged_labels": [int(k) for k in report.get("flagged_labels") or ()],
             "anomaly_index": report.get("anomaly_index"), "seconds": report.get("seconds"),
             "trojan_probability": (report.get("trojan_probability") or {}).get("probability"),
+            "probability_validated": _probability_validated(report),
             "report": "report.json"}
+
+
+def _probability_validated(report: dict) -> bool:
+    """Whether a report's trojan probability was validated on models like the one scanned."""
+    cal = (report.get("trojan_probability") or {}).get("calibration") or {}
+    return bool(cal.get("validated", False))
 
 
 # ----------------------------------------------------------------------------- the audit
@@ -384,12 +394,15 @@ def _verdict_fields(report: dict, seeds: int) -> dict:
 
 def exit_status(summary: dict) -> int:
     """2 if any model could not be scanned (an unscannable model fails the pipeline, even when
-    another one is infected), else 1 if any model is infected, else 0."""
+    another one is infected), else 1 if any model is infected, else 3 if any verdict is
+    inconclusive (a partial or forced low-accuracy scan), else 0."""
     entries = summary["models"]
     if any(e["status"] == STATUS_ERROR for e in entries):
         return 2
     if any(e["verdict"] == "infected" for e in entries):
         return 1
+    if any(e["verdict"] == "inconclusive" for e in entries):
+        return 3
     return 0
 
 
@@ -407,6 +420,7 @@ def build_summary(entries: list, settings: AuditSettings, source: str, seconds: 
         "seconds": round(seconds, 3),
         "counts": {"models": len(entries), "clean": sum(e["verdict"] == "clean" for e in entries),
                    "infected": len(infected), "errors": len(errors),
+                   "inconclusive": sum(e["verdict"] == "inconclusive" for e in entries),
                    "reused": sum(e["status"] == STATUS_REUSED for e in entries)},
         "infected": infected,
         "errors": errors,
@@ -427,7 +441,9 @@ def _calibration_info(method: str) -> Optional[dict]:
         cal = load_default(method_key(method))
     except (OSError, KeyError, ValueError, TypeError):
         return None
-    return {"file": str(DEFAULT_PATH.name), "a": cal.a, "b": cal.b, "provisional": cal.provisional,
+    reasons = cal.provisional_reasons()
+    return {"file": str(DEFAULT_PATH.name), "a": cal.a, "b": cal.b, "provisional": bool(reasons),
+            "provisional_reasons": reasons, "domain": cal.domain,
             "heldout_cross_entropy": cal.heldout_cross_entropy, "heldout_auc": cal.heldout_auc}
 
 
@@ -457,12 +473,13 @@ def markdown(summary: dict) -> str:
         ai = "-" if e["anomaly_index"] is None else f"{e['anomaly_index']:.2f}"
         secs = "-" if e["seconds"] is None else f"{e['seconds']:.1f}"
         err = (e["error"] or "").replace("|", "\\|")
-        prob = "-" if e.get("trojan_probability") is None else f"{e['trojan_probability']:.2f}"
+        prob = "-" if e.get("trojan_probability") is None else (
+            f"{e['trojan_probability']:.2f}" + ("" if e.get("probability_validated") else " (provisional)"))
         lines.append(f"| {e['id']} | {verdict} | {flagged} | {ai} | {prob} | {secs} | {e['status']} | {err} |")
-    cal = summary.get("calibration") or {}
-    if cal.get("provisional"):
-        lines += ["", "Trojan probabilities use the provisional calibration shipped with tabor-tf "
-                  "(not fitted on a zoo yet; see tabor_tf/calibration.py)."]
+    if any(e.get("trojan_probability") is not None and not e.get("probability_validated") for e in summary["models"]):
+        lines += ["", "(provisional): the calibration behind that probability was not validated on models like "
+                  "this one (not fitted on a zoo, a useless held-out AUC, or other input sizes / class counts); "
+                  "each report.json says why under trojan_probability.calibration.provisional_reasons."]
     return "\n".join(lines) + "\n"
 
 

@@ -39,6 +39,8 @@ from typing import Iterable, Optional, Sequence
 import numpy as np
 
 DEFAULT_PATH = Path(__file__).parent / "assets" / "calibration.json"
+# a held-out AUC below this does not make the probability a usable number (0.5 = chance)
+MIN_USEFUL_AUC = 0.75
 MAPPING = "p = sigmoid(a * log(1 + max(anomaly_index, 0)) + b)"
 EPS = 1e-7
 
@@ -57,14 +59,67 @@ class Calibration:
     heldout_cross_entropy: Optional[float] = None
     heldout_auc: Optional[float] = None
     ridge: float = 1e-2
+    # the models it was fitted on: {"input_shapes": [[H, W, C], ...], "num_classes": [K, ...]}
+    domain: Optional[dict] = None
+    heldout_kind: str = "leave-one-out"  # how heldout_* were measured: leave-one-out, or a test split
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def provisional_reasons(self, model: Optional[dict] = None) -> list:
+        """Why the probability of a scan of ``model`` (report.json's ``model`` block) is not
+        validated: no fit on a zoo, no or a useless held-out AUC, or a model unlike the fit's."""
+        reasons = []
+        if self.provisional or self.n_models <= 0:
+            reasons.append("not fitted on a zoo")
+            return reasons
+        if self.heldout_auc is None:
+            reasons.append("no held-out measurement")
+        elif self.heldout_auc < MIN_USEFUL_AUC:
+            reasons.append(f"its {self.heldout_kind} AUC on the fitting zoo is {self.heldout_auc:.2f}, below"
+                           f" {MIN_USEFUL_AUC:.2f}: the index does not separate clean from infected there")
+        if model is not None:
+            unlike = _outside_domain(self.domain, model)
+            if unlike:
+                reasons.append(unlike)
+        return reasons
 
     def probability(self, anomaly_index: Optional[float]) -> Optional[float]:
         if anomaly_index is None:
             return None
         return float(sigmoid(self.a * feature(anomaly_index) + self.b))
+
+
+def _shape_text(shape) -> str:
+    return "x".join(str(int(d)) for d in shape)
+
+
+def _outside_domain(domain: Optional[dict], model: dict) -> Optional[str]:
+    """A line saying how ``model`` differs from the models of the fit (``None``: it is like them)."""
+    if not domain:
+        return "the models it was fitted on are not recorded"
+    shapes = [list(map(int, s)) for s in domain.get("input_shapes") or ()]
+    classes = [int(k) for k in domain.get("num_classes") or ()]
+    shape = model.get("input_shape")
+    k = model.get("num_classes")
+    fitted = (", ".join(_shape_text(s) for s in shapes) or "?") + " inputs, " + (
+        "/".join(map(str, classes)) or "?") + " classes"
+    if (shape is not None and shapes and list(map(int, shape)) not in shapes) or (
+            k is not None and classes and int(k) not in classes):
+        this = f"{_shape_text(shape) if shape is not None else '?'} input, {k} classes"
+        return f"fitted on models with {fitted}; this model has {this}"
+    return None
+
+
+def domain_of(models: Iterable[dict]) -> dict:
+    """The ``domain`` of a fit from report.json ``model`` blocks (input shape, class count)."""
+    shapes, classes = [], []
+    for m in models:
+        if m.get("input_shape") is not None and list(map(int, m["input_shape"])) not in shapes:
+            shapes.append(list(map(int, m["input_shape"])))
+        if m.get("num_classes") is not None and int(m["num_classes"]) not in classes:
+            classes.append(int(m["num_classes"]))
+    return {"input_shapes": sorted(shapes), "num_classes": sorted(classes)}
 
 
 def feature(anomaly_index) -> np.ndarray:
@@ -114,7 +169,7 @@ MIN_PER_CLASS = 2  # a fit (and its leave-one-out check) needs at least 2 clean 
 
 
 def fit(pairs: Iterable, *, method: str = "tabor", ridge: float = 1e-2, source: str = "",
-        heldout: bool = True, min_per_class: int = MIN_PER_CLASS) -> Calibration:
+        heldout: bool = True, min_per_class: int = MIN_PER_CLASS, domain: Optional[dict] = None) -> Calibration:
     """Maximum-likelihood ``a, b`` on ``[(anomaly_index, infected)]`` (pairs with no index skipped);
     ``heldout``: also the leave-one-out cross-entropy and AUC. ``ValueError`` with fewer than
     ``min_per_class`` infected or clean models."""
@@ -139,7 +194,7 @@ def fit(pairs: Iterable, *, method: str = "tabor", ridge: float = 1e-2, source: 
     res = minimize(loss, x0=np.array([1.0, -1.0]), jac=True, method="L-BFGS-B")
     a, b = (float(v) for v in res.x)
     cal = Calibration(method=method, a=a, b=b, provisional=False, source=source, n_models=int(len(y)),
-                      n_infected=n_inf, ridge=float(ridge))
+                      n_infected=n_inf, ridge=float(ridge), domain=domain)
     if heldout and len(y) >= 3:
         p = leave_one_out(ai, y, method=method, ridge=ridge)
         cal = replace(cal, heldout_cross_entropy=cross_entropy(p, y), heldout_auc=roc_auc(p, y))
@@ -167,6 +222,17 @@ def report_anomaly_index(report: dict) -> Optional[float]:
     if value is None:
         return math.inf if report.get("flagged_labels") or report.get("verdict") == "infected" else None
     return float(value)
+
+
+def models_from_compare(paths: Iterable) -> list:
+    """The report ``model`` blocks of compare.json files with a ground-truth card (the fit's models)."""
+    out = []
+    for path in paths:
+        path = Path(path)
+        data = json.loads((path / "compare.json" if path.is_dir() else path).read_text(encoding="utf-8"))
+        if data.get("truth") is not None and isinstance(data.get("model"), dict):
+            out.append(data["model"])
+    return out
 
 
 def pairs_from_compare(paths: Iterable, method: str) -> list:
@@ -207,17 +273,20 @@ def save(calibrations: Sequence[Calibration], path, note: str = "") -> None:
                                          for c in calibrations}})
 
 
-def calibration_info(cal: Calibration, file: Optional[str] = None) -> dict:
-    """The ``calibration`` part of a report's ``trojan_probability`` block."""
+def calibration_info(cal: Calibration, file: Optional[str] = None, model: Optional[dict] = None) -> dict:
+    """The ``calibration`` part of a report's ``trojan_probability`` block; ``model``: the scanned
+    model (report.json's ``model``), for ``validated`` / ``provisional_reasons``."""
+    reasons = cal.provisional_reasons(model)
     info = {"mapping": MAPPING, **cal.to_dict(),
-            "fitted_on_zoo": (not cal.provisional) and cal.n_models > 0}
+            "fitted_on_zoo": (not cal.provisional) and cal.n_models > 0,
+            "validated": not reasons, "provisional_reasons": reasons, "domain_checked": model is not None}
     if file is not None:
         info["file"] = file
     return info
 
 
 def report_block(method: str, anomaly_index: Optional[float], calibration: Optional[Calibration] = None,
-                 path=DEFAULT_PATH) -> dict:
+                 path=DEFAULT_PATH, model: Optional[dict] = None) -> dict:
     """The ``trojan_probability`` block of report.json for one scan.
 
     ``{"probability": p or None, "anomaly_index": the evidence (inf allowed; strict JSON writes
@@ -240,7 +309,7 @@ def report_block(method: str, anomaly_index: Optional[float], calibration: Optio
     else:
         file = None
     return {"probability": calibration.probability(evidence), "anomaly_index": evidence,
-            "calibration": calibration_info(calibration, file)}
+            "calibration": calibration_info(calibration, file, model)}
 
 
 def probability_text(report: dict) -> Optional[str]:
@@ -254,12 +323,13 @@ def probability_text(report: dict) -> Optional[str]:
     value = "unknown" if p is None else f"{p:.2f}"
     if not cal:
         how = block.get("error") or "no calibration"
-    elif cal.get("fitted_on_zoo"):
-        auc = cal.get("heldout_auc")
-        how = (f"calibrated on {cal.get('n_models')} zoo models"
-               + ("" if auc is None else f", held-out AUC {auc:.2f}"))
+    elif cal.get("validated", False):
+        how = (f"calibrated on {cal.get('n_models')} zoo models{' like this one' if cal.get('domain_checked') else ''},"
+               f" {cal.get('heldout_kind')} AUC {cal.get('heldout_auc'):.2f}")
     else:
-        how = "provisional calibration, not fitted on a zoo"
+        reasons = cal.get("provisional_reasons") or (
+            ["not fitted on a zoo"] if not cal.get("fitted_on_zoo") else ["not validated on models like this one"])
+        how = "PROVISIONAL: " + "; ".join(reasons)
     return f"{value} ({how})"
 
 
@@ -293,7 +363,7 @@ def fit_files(paths: Sequence, *, ridge: float = 1e-2, methods=("tabor", "neural
     for method in methods:
         pairs = pairs_from_compare(files, method)
         try:
-            fitted.append(fit(pairs, method=method, ridge=ridge,
+            fitted.append(fit(pairs, method=method, ridge=ridge, domain=domain_of(models_from_compare(files)),
                               source=f"fitted on {len(pairs)} zoo models (compare.json under {where})"))
         except ValueError as exc:
             problems.append(f"{method}: {exc} ({len(files)} compare.json files)")
@@ -304,7 +374,7 @@ def describe(cal: Calibration) -> str:
     """One line: parameters, models and the held-out quality."""
     ce = "-" if cal.heldout_cross_entropy is None else f"{cal.heldout_cross_entropy:.3f}"
     auc = "-" if cal.heldout_auc is None else f"{cal.heldout_auc:.3f}"
-    state = "provisional" if cal.provisional else "fitted"
+    state = "provisional" if cal.provisional_reasons() else "fitted"
     return (f"{cal.method:<15} a={cal.a:.3f} b={cal.b:.3f}  n={cal.n_models} ({cal.n_infected} infected, "
             f"{cal.n_models - cal.n_infected} clean)  leave-one-out cross-entropy {ce} nats, AUC {auc}  [{state}]")
 

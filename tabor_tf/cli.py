@@ -1,7 +1,9 @@
 """The ``tabor-tf`` command line: one sub-command per module in ``tabor_tf.commands``.
 
 Each command module defines ``NAME``, ``HELP``, ``add_arguments(parser)`` and ``run(args) -> int``.
-Exit status like a virus scanner: 0 clean / success, 1 backdoor found, 2 usage or input error.
+Exit status like a virus scanner: 0 clean / success, 1 backdoor found, 2 usage or input error,
+3 inconclusive (a partial ``--labels`` scan, or a scan forced below the clean-accuracy floor): a
+deployment gate that fails on any non-zero status never passes a model nobody fully looked at.
 """
 
 from __future__ import annotations
@@ -12,7 +14,13 @@ import os
 import sys
 
 COMMANDS = ("info", "scan", "compare", "zoo", "audit", "patch")
-EXIT_CLEAN, EXIT_INFECTED, EXIT_ERROR = 0, 1, 2
+EXIT_CLEAN, EXIT_INFECTED, EXIT_ERROR, EXIT_INCONCLUSIVE = 0, 1, 2, 3
+_EXIT_BY_VERDICT = {"clean": EXIT_CLEAN, "infected": EXIT_INFECTED, "inconclusive": EXIT_INCONCLUSIVE}
+
+
+def exit_for_verdict(verdict: str) -> int:
+    """0 clean, 1 infected, 3 inconclusive; anything else (a report from a broken run) 2."""
+    return _EXIT_BY_VERDICT.get(str(verdict), EXIT_ERROR)
 
 
 def quiet_tensorflow() -> None:
@@ -34,6 +42,10 @@ def quiet_tensorflow() -> None:
         os.dup2(sink.fileno(), 2)
         try:
             import tensorflow  # noqa: F401
+
+            # the GPU probe: on a machine without a GPU the `tensorflow` wheel logs a cuInit failure
+            # (an ERROR line) the first time devices are listed; it belongs to the start-up chatter
+            tensorflow.config.list_physical_devices("GPU")
         except BaseException:
             os.dup2(saved, 2)
             sink.seek(0)

@@ -1,6 +1,6 @@
 """``python -m tabor_tf.compare``: TABOR and the faithful Neural Cleanse side by side.
 
-    python -m tabor_tf.compare                                  # the embedded demo (models/demo, synthetic data)
+    python -m tabor_tf.compare                                  # the embedded demo (tabor_tf/assets/demo, synthetic data)
     python -m tabor_tf.compare MODEL --data DATA [--truth CARD] # one model
     python -m tabor_tf.compare --zoo DIR [--data DATA]          # every model of a zoo + Table 1
 
@@ -41,10 +41,10 @@ DIR_NAMES = {"tabor": "tabor", "neural_cleanse": "nc"}
 TITLES = {"tabor": "TABOR", "neural_cleanse": "Neural Cleanse"}
 COMPARE_NAME = "compare.json"
 CARD_NAME = "card.json"
-# The demo victims live in the source tree (models/demo/<name>/{model.h5,card.json}), next to the
-# package in a checkout or an editable install; find_demo_dir() also looks at $TABOR_TF_DEMO_DIR
-# and ./models/demo, so an installed (non-editable) package can still run the demo.
-DEMO_DIR = Path(__file__).resolve().parent.parent / "models" / "demo"
+# The demo victims ship inside the package as package data (tabor_tf/assets/demo/<name>/{model.h5,
+# card.json,...}; setup.cfg [options.package_data]), so a wheel install runs the demo with no source
+# checkout; $TABOR_TF_DEMO_DIR points find_demo_dir() at another folder of victims instead.
+DEMO_DIR = Path(__file__).resolve().parent / "assets" / "demo"
 DEMO_ENV = "TABOR_TF_DEMO_DIR"
 DEFAULT_NC_PRESET = "gtsrb"
 DEFAULT_MAX_SAMPLES = 1000
@@ -61,24 +61,24 @@ DEMO_NC_OVERRIDES = {"mini_batch": 4, "steps": 60}
 
 
 def demo_candidates() -> list:
-    """Where the demo victims are looked for, in order: ``$TABOR_TF_DEMO_DIR``, the source tree next
-    to the package (``DEMO_DIR``: a checkout or ``pip install -e .``), ``./models/demo``."""
+    """Where the demo victims are looked for, in order: ``$TABOR_TF_DEMO_DIR``, then the copy shipped
+    in the package (``DEMO_DIR``: wheel, editable install or checkout alike)."""
     env = os.environ.get(DEMO_ENV, "").strip()
-    found = ([Path(env).expanduser()] if env else []) + [DEMO_DIR, Path.cwd() / "models" / "demo"]
+    found = ([Path(env).expanduser()] if env else []) + [DEMO_DIR]
     return list(dict.fromkeys(found))
 
 
 def find_demo_dir() -> Path:
     """The first folder of ``demo_candidates()`` holding victims (``*/card.json``); ``TaborError``
-    naming the folders tried otherwise (e.g. a wheel install run outside a checkout)."""
+    naming the folders tried otherwise (e.g. a package built without its package data)."""
     tried = demo_candidates()
     for folder in tried:
         if folder.is_dir() and any(folder.glob(f"*/{CARD_NAME}")):
             return folder
     raise TaborError(
-        "the embedded demo needs the demo victims (models/demo/<name>/card.json + model.h5 of a tabor-tf source "
-        f"checkout); none in {', '.join(str(p) for p in tried)}. Run it from a checkout, or set {DEMO_ENV} to "
-        "the models/demo folder")
+        "the embedded demo needs the demo victims (<name>/card.json + model.h5, shipped in tabor_tf/assets/demo); "
+        f"none in {', '.join(str(p) for p in tried)}. Reinstall tabor-tf (the package data is missing), or set "
+        f"{DEMO_ENV} to a folder of victims")
 
 
 # ----------------------------------------------------------------------------- ground truth
@@ -202,6 +202,14 @@ def nc_is_faithful(config) -> bool:
     return all(mine[k] == theirs[k] for k in theirs if k not in ignore)
 
 
+def tabor_is_default(config, input_shape=None) -> bool:
+    """True when the TABOR settings are exactly its default preset for this input size (no overrides)."""
+    from .scanning import default_preset, make_config
+
+    ref = make_config("tabor", default_preset("tabor", input_shape), None, input_shape)
+    return config.to_dict() == ref.to_dict()
+
+
 # ----------------------------------------------------------------------------- pictures
 
 
@@ -309,7 +317,8 @@ def side_by_side(compare: dict) -> str:
         return "–" if v is None else f"{float(v):.{d}f}"
 
     head = [""] + [
-        f"{TITLES[m]}" + ("" if ms[m]["faithful"] or m == "tabor" else " (budget-reduced)") for m in methods
+        f"{TITLES[m]}" + ("" if ms[m]["faithful"] else (" (modified settings)" if m == "tabor" else " (budget-reduced)"))
+        for m in methods
     ]
     rows = [head,
             ["preset"] + [str(ms[m]["preset"]) for m in methods],
@@ -360,6 +369,8 @@ def compare_model(
     title: str = "",
     prepared=None,
     synthetic: Optional[dict] = None,
+    allow_low_accuracy: bool = False,
+    label_order: str = "auto",
 ) -> dict:
     """Run both methods on one model; write ``out_dir/{compare.json,compare.png,compare.html}`` and
     each method's report folder; return the compare.json dictionary."""
@@ -372,7 +383,8 @@ def compare_model(
     started = time.perf_counter()
     if prepared is None:
         prepared = prepare(model_path, data_path, preprocess=preprocess, max_samples=max_samples,
-                           allow_unsafe=allow_unsafe, model_version=model_version, **(synthetic or {}))
+                           allow_unsafe=allow_unsafe, model_version=model_version, labels=labels,
+                           allow_low_accuracy=allow_low_accuracy, label_order=label_order, **(synthetic or {}))
     check = prepared.check
     acc = "unknown" if check.clean_accuracy is None else f"{100 * check.clean_accuracy:.1f}%"
     say(f"{title}model {prepared.victim.path}: preprocessing {check.mode}, clean accuracy {acc}, "
@@ -385,7 +397,12 @@ def compare_model(
         "neural_cleanse": make_config("neural_cleanse", nc_preset, nc_overrides, shape),
     }
     faithful_nc = nc_is_faithful(configs["neural_cleanse"])
+    default_tabor = tabor_is_default(configs["tabor"], shape)
     notes = []
+    if not default_tabor:
+        notes.append(
+            f"TABOR ran with modified settings (preset {configs['tabor'].preset} with {dict(tabor_overrides or {})}),"
+            " not its defaults")
     if not faithful_nc:
         changed = {k: v for k, v in (nc_overrides or {}).items()}
         notes.append(
@@ -401,7 +418,8 @@ def compare_model(
             results[m], reports[m] = run_scan(
                 method=m, labels=labels, seed=seed, preset=configs[m].preset, overrides=overrides,
                 out_dir=out_dir / DIR_NAMES[m], progress=bar, prepared=prepared)
-    measures = {m: method_measures(results[m], reports[m], truth, faithful=(m == "tabor" or faithful_nc))
+    measures = {m: method_measures(results[m], reports[m], truth,
+                                   faithful=(default_tabor if m == "tabor" else faithful_nc))
                 for m in METHODS}
     model_info = reports["tabor"]["model"]
     options = {"preprocess": preprocess, "seed": int(seed), "max_samples": max_samples,
@@ -472,6 +490,7 @@ def compare_zoo(
     nc_overrides: Optional[dict] = None,
     quiet: bool = False,
     stream=None,
+    label_order: str = "auto",
 ) -> dict:
     """Compare every zoo model (resuming finished ones), then write Table 1 + summary.
 
@@ -528,7 +547,7 @@ def compare_zoo(
                                     preprocess=prep, seed=seed, max_samples=max_samples, labels=labels,
                                     tabor_preset=tabor_preset, tabor_overrides=tabor_overrides, nc_preset=nc_preset,
                                     nc_overrides=nc_overrides, quiet=quiet, stream=stream, title=title,
-                                    synthetic=synthetic)
+                                    synthetic=synthetic, label_order=label_order)
         except TaborError as exc:  # one bad model does not stop the zoo; the others are kept
             print(f"{title}error: {exc}", file=stream, flush=True)
             errors.append({"name": name, "error": str(exc)})
@@ -571,7 +590,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--zoo", metavar="DIR", help="compare every model of a zoo folder (DIR/<name>/card.json)")
     p.add_argument("--out", metavar="DIR", help="output folder (default compare-<model> / compare-<zoo>; "
                                                 "zoo folders are resumed)")
-    p.add_argument("--labels", metavar="LIST", default=None, help="candidate labels, e.g. 0,3,5-9 (default all)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="MODEL: replace a finished comparison already in --out (default: refuse)")
+    p.add_argument("--labels", metavar="LIST", default=None,
+                   help="candidate labels, e.g. 0,3,5-9 (default all; a partial scan's verdict is inconclusive)")
     p.add_argument("--tabor-preset", default=None, help="TABOR preset (default: gtsrb up to 64 px, else imagenet)")
     p.add_argument("--nc-preset", default=None,
                    help=f"Neural Cleanse preset (default {DEFAULT_NC_PRESET}, the faithful one)")
@@ -664,7 +686,7 @@ def _run(args) -> int:
                              preprocess=None if args.preprocess == "auto" else args.preprocess, seed=args.seed,
                              max_samples=max_samples, labels=labels, tabor_preset=args.tabor_preset,
                              tabor_overrides=tabor_over, nc_preset=nc_preset, nc_overrides=nc_over,
-                             quiet=args.quiet, stream=info)
+                             quiet=args.quiet, stream=info, label_order=args.label_order)
         return _print_zoo(result, out, sys.stdout)
     truth = load_truth(args.truth) if args.truth else None
     data, synthetic = (args.data, {}) if args.data else (card_data_source(truth) if truth else (None, {}))
@@ -672,6 +694,7 @@ def _run(args) -> int:
         raise TaborError("compare needs clean data: --data PATH (or --data synthetic)")
     stem = Path(str(args.model).rstrip("/")).name.rsplit(".", 1)[0] or "model"
     out = Path(args.out) if args.out else unique_out_dir(Path(f"compare-{stem}"), resume_interrupted=False)
+    claim_compare_dir(out, overwrite=args.overwrite)
     prep = args.preprocess
     if truth is not None and prep == "auto" and truth.get("preprocessing"):
         prep = truth["preprocessing"]  # the card knows how the model was trained
@@ -679,12 +702,35 @@ def _run(args) -> int:
                             max_samples=max_samples, labels=labels, tabor_preset=args.tabor_preset,
                             tabor_overrides=tabor_over, nc_preset=nc_preset, nc_overrides=nc_over,
                             allow_unsafe=args.allow_unsafe_deserialization, model_version=args.model_version,
-                            quiet=args.quiet, stream=info, synthetic=synthetic)
+                            quiet=args.quiet, stream=info, synthetic=synthetic,
+                            allow_low_accuracy=args.allow_low_accuracy, label_order=args.label_order)
     print(side_by_side(compare))
     for note in compare["notes"]:
         print(f"note: {note}")
     print(f"compare: {out / COMPARE_NAME}  {out / 'compare.png'}  {out / 'compare.html'}", flush=True)
     return 0
+
+
+def claim_compare_dir(out: Path, *, overwrite: bool) -> None:
+    """Refuse (``TaborError``, exit 2) an ``--out`` that holds a finished comparison unless
+    ``overwrite``; then remove its comparison files and both methods' scan files first."""
+    from .output_folder import clear_scan_files
+
+    files = [out / COMPARE_NAME, out / "compare.png", out / "compare.html"]
+    if not (out / COMPARE_NAME).exists():
+        return
+    if not overwrite:
+        try:
+            model = json.loads((out / COMPARE_NAME).read_text(encoding="utf-8")).get("model", {}).get("path", "?")
+        except (OSError, ValueError, AttributeError):
+            model = "?"
+        raise TaborError(f"--out {out} already holds a finished comparison (of {model}); choose another folder or"
+                         " pass --overwrite to replace it")
+    for path in files:
+        if path.exists():
+            path.unlink()
+    for sub in DIR_NAMES.values():
+        clear_scan_files(out / sub)
 
 
 def main(argv=None) -> int:

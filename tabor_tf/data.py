@@ -7,9 +7,10 @@ Formats (recognised from content and layout, not only the name):
 * ``.npy``: images only.
 * Neural Cleanse style ``.h5``: ``X_test``/``Y_test`` (labels one-hot or integers), or the
   lower-case / unsuffixed names above.
-* An image folder: one sub-folder per class named by its number (``0/``, ``1/``, ``00012/``), or a
-  flat folder of unlabelled images. png/jpg/jpeg/ppm/pgm/bmp/tif/webp read with OpenCV (BGR is
-  turned into RGB, alpha dropped, 16-bit scaled to 0..255).
+* An image folder: one sub-folder per class (``0/``, ``1/``, ``00012/``, or names such as ``cat/``),
+  or a flat folder of unlabelled images. Class labels follow ``label_order`` (below).
+  png/jpg/jpeg/ppm/pgm/bmp/tif/webp read with OpenCV (BGR is turned into RGB, alpha dropped,
+  16-bit scaled to 0..255).
 * The official GTSRB layout: ``Final_Test/Images/*.ppm`` + ``GT-final_test.csv`` (in ``Images/``,
   ``Final_Test/`` or the given folder), or ``Final_Training/Images/000NN/*.ppm`` + ``GT-000NN.csv``.
   Whole images are resized (no region-of-interest crop), as in the shared GTSRB 32x32 arrays.
@@ -18,6 +19,14 @@ Images are resized to the model's (H, W) with OpenCV (``INTER_AREA`` when shrink
 when enlarging); 1 <-> 3 channel conversion is done for image files only. Arrays (npz/npy/h5) must
 already have the model's shape. ``limit`` keeps a deterministic subsample (stratified by label
 when labels exist) and only the kept images are read from disk.
+
+Class-folder labels (``label_order``; see ``class_folder_labels``): Keras's
+``image_dataset_from_directory`` labels folders by their position in the names sorted as
+strings, so unpadded numbers put ``10`` before ``2``. ``numeric``: label = int(folder name).
+``keras``: Keras's order. ``auto`` (default): int(name) when both orders agree (numbers
+zero-padded to one width, or single digits only), else Keras's order with a note saying so;
+names that are not all numbers always get Keras's order. The GTSRB layouts take their labels
+from the csv files.
 """
 
 from __future__ import annotations
@@ -32,6 +41,7 @@ import numpy as np
 
 from .errors import DataError
 
+LABEL_ORDERS = ("auto", "keras", "numeric")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".ppm", ".pgm", ".pnm", ".bmp", ".tif", ".tiff", ".webp")
 ARRAY_KEYS = (("x_test", "y_test"), ("X_test", "Y_test"), ("x", "y"), ("X", "Y"), ("x_train", "y_train"),
               ("X_train", "Y_train"))
@@ -48,6 +58,7 @@ class CleanData:
     source: str
     format: str  # "npz", "npy", "h5", "image-folder", "gtsrb-test", "gtsrb-train"
     notes: tuple = ()
+    label_order: Optional[str] = None  # class folders: "keras" or "numeric" (the one used); else None
 
     def __len__(self) -> int:
         return int(len(self.x))
@@ -70,6 +81,7 @@ class CleanData:
             "labelled": self.has_labels,
             "labels_present": None if self.y is None else sorted(int(v) for v in np.unique(self.y)),
             "notes": list(self.notes),
+            "label_order": self.label_order,
         }
 
 
@@ -81,12 +93,14 @@ def load_clean_data(
     limit: Optional[int] = None,
     seed: int = 0,
     min_samples: Optional[int] = None,
+    label_order: str = "auto",
 ) -> CleanData:
     """Read clean data from ``path`` (see module doc); ``DataError`` with a one-line reason for bad input.
 
     ``image_shape`` (H, W, C): the model's input; images are resized / channel-converted to it,
     arrays must match it. ``num_classes``: labels must lie in [0, num_classes).
     ``limit``/``seed``: deterministic (stratified) subsample. ``min_samples``: refuse smaller data.
+    ``label_order``: ``auto`` / ``keras`` / ``numeric``, for class folders (module doc).
     """
     path = Path(path).expanduser()
     if not path.exists():
@@ -97,8 +111,11 @@ def load_clean_data(
             raise DataError(f"image_shape must be (height, width, channels), got {image_shape}")
     if limit is not None and int(limit) < 1:
         raise DataError(f"--limit must be at least 1, got {limit}")
+    order = str(label_order).strip().lower()
+    if order not in LABEL_ORDERS:
+        raise DataError(f"--label-order {label_order!r}: choose one of {', '.join(LABEL_ORDERS)}")
     if path.is_dir():
-        data = _load_directory(path, image_shape, limit, seed)
+        data = _load_directory(path, image_shape, limit, seed, order, num_classes)
     else:
         data = _load_array_file(path, image_shape, limit, seed)
     _check_labels(data, num_classes)
@@ -383,43 +400,123 @@ def _is_image(p: Path) -> bool:
     return p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS
 
 
-def _load_directory(path: Path, image_shape, limit, seed) -> CleanData:
+def class_folder_labels(names: Sequence[str], label_order: str = "auto",
+                        num_classes: Optional[int] = None) -> tuple[dict, str, Optional[str]]:
+    """``({folder name: label}, order used ("keras" / "numeric"), note or None)`` for class folders.
+
+    Keras's label of a folder is its index among the names sorted as strings. When the names are
+    numbers below the model's class count ``num_classes`` (K), all unpadded or all zero-padded to
+    one width, it is the index among the K names ``"0".."K-1"`` written that way and sorted as
+    strings (the index among the folders present when all K are there): a clean-data folder
+    missing some classes keeps the labels Keras gave the full training folder. ``auto`` calls the
+    names ambiguous when these labels differ from int(name) (without K: when the string and
+    numeric orders of the names differ, or two names are the same number).
+    """
+    names = sorted(names)
+    if not all(n.isascii() and n.isdigit() for n in names):
+        if label_order == "numeric":
+            bad = next(n for n in names if not (n.isascii() and n.isdigit()))
+            raise DataError(f"--label-order numeric needs class folders named by class number (0, 1, ...);"
+                            f" found {bad!r}")
+        labels = {n: i for i, n in enumerate(names)}
+        shown = ", ".join(f"{n}={i}" for n, i in list(labels.items())[:4]) + (", ..." if len(names) > 4 else "")
+        note = f"class folders are not numbers: labelled in Keras's order of the sorted names ({shown})"
+        if num_classes is not None and len(names) < int(num_classes):
+            note += (f"; only {len(names)} of the model's {int(num_classes)} classes have a folder, so these labels"
+                     " are right only if the training folder had exactly these names")
+        return labels, "keras", note
+    ints = {n: int(n) for n in names}
+    duplicates = len(set(ints.values())) < len(names)
+    if label_order == "numeric":
+        if duplicates:
+            a, b = next((a, b) for a in names for b in names if a < b and ints[a] == ints[b])
+            raise DataError(f"class folders {a!r} and {b!r} are both class {ints[a]} (--label-order numeric)")
+        return ints, "numeric", None
+    keras, full = _keras_labels(names, num_classes)
+    if full:
+        ambiguous = keras != ints
+    else:
+        ambiguous = duplicates or names != sorted(names, key=lambda n: (int(n), n))
+    if label_order == "auto" and not ambiguous:
+        return ints, "numeric", None
+    if keras == ints:
+        return keras, "keras", None
+    inverted = [(a, b) for a in names for b in names if ints[a] < ints[b] and keras[b] < keras[a]]
+    what = "class folders have numeric names that are not zero-padded to one width"
+    if inverted:
+        a, b = min(inverted, key=lambda p: (ints[p[0]], ints[p[1]]))
+        detail, what = f"{b} before {a}: folder {b} is label {keras[b]}", f"{what} ({a}, {b}, ...)"
+    else:
+        n = next(n for n in names if keras[n] != ints[n])
+        detail = f"folder {n} is label {keras[n]}"
+        if full:
+            detail = f"folders 0..{int(num_classes) - 1} sorted as strings: {detail}"
+            what = f"class folders have unpadded numeric names for a {int(num_classes)}-class model"
+        else:
+            what = f"{what} ({n}, ...)"
+    if label_order == "keras":
+        return keras, "keras", f"class folders labelled in Keras's string order, as asked ({detail})"
+    return keras, "keras", (f"{what}: labelled in Keras's string order ({detail}); use --label-order numeric"
+                            " if the model was trained with label = int(folder name)")
+
+
+def _keras_labels(names: Sequence[str], num_classes: Optional[int]) -> tuple[dict, bool]:
+    """Keras's labels of numeric folder ``names`` and whether they assume the full training set of
+    K folders named like these: unpadded ``"0".."K-1"``, or zero-padded to the names' one width."""
+    k = None if num_classes is None else int(num_classes)
+    width = len(names[0])
+    if k is not None and all(int(n) < k for n in names):
+        if all(str(int(n)) == n for n in names):
+            style = str
+        elif all(len(n) == width for n in names) and k <= 10 ** width:
+            style = lambda i: str(i).zfill(width)  # noqa: E731
+        else:
+            style = None
+        if style is not None:
+            rank = {n: i for i, n in enumerate(sorted(style(i) for i in range(k)))}
+            return {n: rank[n] for n in names}, True
+    return {n: i for i, n in enumerate(sorted(names))}, False
+
+
+def _load_directory(path: Path, image_shape, limit, seed, label_order="auto", num_classes=None) -> CleanData:
     gtsrb = _find_gtsrb(path)
     if gtsrb is not None:
         return _load_gtsrb(path, gtsrb, image_shape, limit, seed)
     subdirs = sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
     top_images = sorted(p for p in path.iterdir() if _is_image(p))
-    class_dirs = [d for d in subdirs if d.name.isdigit()]
+    found = {d.name: sorted(p for p in d.iterdir() if _is_image(p)) for d in subdirs}
     notes = []
-    if class_dirs:
-        others = [d.name for d in subdirs if not d.name.isdigit()]
-        if others:
-            raise DataError(
-                f"{path}: class sub-folders must be named by class number (0, 1, ...); found {others[0]!r}"
-            )
+    order = None
+    if subdirs and (any(found.values()) or not top_images):
+        labels_by_name, order, note = class_folder_labels(list(found), label_order, num_classes)
+        if note:
+            notes.append(note)
         if top_images:
             notes.append(f"{len(top_images)} images directly in the folder were ignored (not in a class folder)")
         files, labels = [], []
-        for d in class_dirs:
-            found = sorted(p for p in d.iterdir() if _is_image(p))
-            files += found
-            labels += [int(d.name)] * len(found)
+        for name in found:  # sorted names: the file order (and so the subsample) does not depend on the labels
+            files += found[name]
+            labels += [labels_by_name[name]] * len(found[name])
         y = np.asarray(labels, dtype=np.int64)
-    elif top_images:
-        files, y = top_images, None
-    elif subdirs:
-        raise DataError(
-            f"{path}: class sub-folders must be named by class number (0, 1, ...); found {subdirs[0].name!r}"
-        )
+        if not files:
+            raise DataError(f"{path}: no images ({', '.join(e[1:] for e in IMAGE_EXTENSIONS)}) directly in its class"
+                            f" folders ({', '.join(list(found)[:5])}{', ...' if len(found) > 5 else ''}); give a"
+                            " folder with one sub-folder of images per class")
     else:
-        files, y = [], None
+        if subdirs:
+            notes.append(f"sub-folders without images ignored ({', '.join(d.name for d in subdirs[:5])})")
+        files, y = top_images, None
     if not files:
         raise DataError(f"{path}: no images ({', '.join(e[1:] for e in IMAGE_EXTENSIONS)}) found in the folder")
     idx = subsample_indices(len(files), limit, y, seed)
     x = _pixels(_read_images([files[i] for i in idx], image_shape, str(path)), path)
     fmt = "image-folder"
-    notes.append(f"{len(files)} images in {'class folders' if y is not None else 'a flat folder (no labels)'}")
-    return CleanData(x, None if y is None else y[idx], str(path), fmt, tuple(notes))
+    if y is not None:
+        how = "label = folder number" if order == "numeric" else "labels in Keras's order of the sorted names"
+        notes.append(f"{len(files)} images in {len(found)} class folders ({how})")
+    else:
+        notes.append(f"{len(files)} images in a flat folder (no labels)")
+    return CleanData(x, None if y is None else y[idx], str(path), fmt, tuple(notes), order)
 
 
 # ------------------------------------------------------------------------------------------

@@ -31,6 +31,7 @@ h1 { font-size: 22px; margin: 0 0 4px; } h2 { font-size: 17px; margin: 28px 0 10
 .sub { color: var(--mute); margin-bottom: 16px; word-break: break-all; }
 .verdict { border-radius: 8px; padding: 14px 18px; color: #fff; font-size: 18px; font-weight: 600; }
 .verdict.infected { background: var(--bad); } .verdict.clean { background: var(--good); }
+.verdict.inconclusive { background: #9a6700; }
 .verdict small { display: block; font-weight: 400; font-size: 14px; opacity: .92; }
 table.kv { border-collapse: collapse; margin-top: 8px; }
 table.kv td { padding: 3px 14px 3px 0; vertical-align: top; }
@@ -121,20 +122,25 @@ def anomaly_svg(
     score_name: str = "score",
     width: int = 1100,
     height: int = 300,
+    floor: Optional[float] = None,
 ) -> str:
     """Inline SVG: score per label (``points`` = ``(label, score, flagged)``), MAD band, flagged in red.
 
     The band is ``median +- threshold * MAD`` (MAD already scaled by 1.4826); a label below the
-    band is a low outlier, which is what the test flags.
+    band is a low outlier, which is what the test flags. ``floor``: the lowest value the score can
+    take (0 for a mask L1 norm): the axis and the band stop there.
     """
     pts = [(int(l), float(s), bool(f)) for l, s, f in points if s is not None and math.isfinite(float(s))]
     left, right, top, bottom = 64, 16, 18, 42
     pw, ph = width - left - right, height - top - bottom
     lo_band, hi_band = median - threshold * mad, median + threshold * mad
-    values = [s for _, s, _ in pts] + [lo_band, hi_band, median]
+    lo_shown = lo_band if floor is None else max(lo_band, floor)
+    values = [s for _, s, _ in pts] + [lo_shown, hi_band, median]
     ymin, ymax = min(values), max(values)
     pad = 0.08 * (ymax - ymin) if ymax > ymin else max(1.0, abs(ymax)) * 0.1
     ymin, ymax = ymin - pad, ymax + pad
+    if floor is not None:
+        ymin = max(ymin, floor)
     n = max(len(pts), 1)
 
     def x_of(i: int) -> float:
@@ -148,7 +154,7 @@ def anomaly_svg(
         f'role="img" aria-label="anomaly plot of {esc(score_name)} per label" class="anomaly-plot">',
         f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="#fafbfc" stroke="#d0d7de"/>',
     ]
-    yb1, yb2 = y_of(hi_band), y_of(lo_band)
+    yb1, yb2 = y_of(hi_band), y_of(lo_shown)
     out.append(
         f'<rect x="{left}" y="{min(yb1, yb2):.1f}" width="{pw}" height="{abs(yb2 - yb1):.1f}" '
         f'fill="#2e7d32" fill-opacity="0.12"><title>MAD band: median ± {fmt(threshold)} × MAD</title></rect>'
@@ -238,6 +244,13 @@ def _probability_text(report: dict) -> Optional[str]:
     return None if text is None else f"Trojan probability {text}"
 
 
+def _label_anomaly_index(entry: dict) -> Optional[float]:
+    """A label's anomaly index with the banner's sign (positive = below the median = suspicious)."""
+    if entry.get("anomaly_index") is not None:
+        return float(entry["anomaly_index"])
+    return None if entry.get("mad_index") is None else -float(entry["mad_index"])  # reports before the field
+
+
 def render_report_html(report: dict, base_dir) -> str:
     """The HTML page of one report; ``base_dir`` is the folder its label file paths are relative to."""
     base = Path(base_dir)
@@ -254,7 +267,14 @@ def render_report_html(report: dict, base_dir) -> str:
 
     parts = [f"<h1>tabor-tf scan: {esc(Path(str(model.get('path', '?'))).name)}</h1>"]
     parts.append(f'<div class="sub">{esc(mtitle)} · {esc(model.get("path", ""))}</div>')
-    if verdict == "infected":
+    coverage = report.get("coverage") or {}
+    if verdict == "inconclusive":
+        head = "INCONCLUSIVE: no clean / infected verdict" + (
+            f" (partial scan: {coverage.get('labels_scanned')} of {coverage.get('num_classes')} labels)"
+            if coverage.get("partial") else "")
+        if flagged:
+            head += f"; candidate label{'s' if len(flagged) > 1 else ''} {', '.join(map(str, flagged))}"
+    elif verdict == "infected":
         head = f"INFECTED: backdoor target label{'s' if len(flagged) > 1 else ''} {', '.join(map(str, flagged))}"
     else:
         head = "CLEAN: no label is an outlier"
@@ -263,6 +283,8 @@ def render_report_html(report: dict, base_dir) -> str:
         f"<small>anomaly index {fmt(report.get('anomaly_index'))} (threshold {fmt(mad.get('threshold'))}) · "
         f"{esc(mtitle)} · {esc(duration(report.get('seconds')))}</small></div>"
     )
+    for reason in report.get("inconclusive_reasons") or ():
+        parts.append(f'<div class="warn" id="inconclusive">⚠ {esc(reason)}</div>')
     prob_text = _probability_text(report)
     if prob_text:
         parts.append(f'<div class="note" id="trojan-probability">{esc(prob_text)}</div>')
@@ -280,6 +302,7 @@ def render_report_html(report: dict, base_dir) -> str:
             mad=float(mad.get("mad") or 0.0),
             threshold=float(mad.get("threshold") or 2.0),
             score_name=score_name,
+            floor=0.0 if score_kind == "l1" else None,
         )
     )
     parts.append(
@@ -328,13 +351,14 @@ def render_report_html(report: dict, base_dir) -> str:
         label = int(e["label"])
         rows.append(
             f"<tr{FLAGGED_ROW if label in flagged else ''}><td>{label}</td>"
-            f"<td>{fmt(e.get('score'))}</td><td>{fmt(e.get('mad_index'), 2)}</td><td>{fmt(e.get('l1'), 1)}</td>"
+            f"<td>{fmt(e.get('score'))}</td><td>{fmt(_label_anomaly_index(e), 2)}</td><td>{fmt(e.get('l1'), 1)}</td>"
             f"<td>{pct(e.get('attack_success'))}</td><td>{fmt(e.get('steps'))}</td>"
             f"<td class=\"l\">{esc(e.get('stop_reason', ''))}</td><td>{fmt(e.get('seconds'), 1)}</td>"
             f"<td class=\"l\">{_parts_text(e.get('parts', {}))}</td></tr>"
         )
     parts.append(
-        '<table class="grid"><tr><th>label</th><th>score</th><th>index</th><th>L1</th><th>attack success</th>'
+        '<table class="grid"><tr><th>label</th><th>score</th><th title="(median - score) / MAD, as in the banner: '
+        'above the threshold = flagged">anomaly index</th><th>L1</th><th>attack success</th>'
         "<th>steps</th><th>stop</th><th>s</th><th>parts</th></tr>" + "".join(rows) + "</table>"
     )
 

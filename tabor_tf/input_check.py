@@ -22,6 +22,13 @@ scan measures the clean accuracy it sees and warns when it is low.
   among the rest the highest ``diversity + confidence`` wins. A model that starts with its own
   ``Rescaling``/``Normalization`` layer gets ``raw`` whenever raw is plausible. Without labels
   the choice is a heuristic and a warning says so.
+
+``select_preprocess(victim, data, MODE)`` with any other mode (a named one such as ``bgr``, or a
+custom ``mean=...,std=...`` / ``scale=...,offset=...``; see ``tabor_tf.preprocess``) checks it
+instead of choosing: a custom mode needs 1 value per key or one per image channel (``DataError``
+otherwise); with labels its clean accuracy is measured, and below ``LOW_ACCURACY`` the built-in
+modes are measured too and the warning names the best. ``auto`` only ever tries the four
+built-in ``MODES``: custom modes need their values given.
 """
 
 from __future__ import annotations
@@ -32,7 +39,7 @@ from typing import Optional
 import numpy as np
 
 from .errors import DataError
-from .preprocess import MODES, preprocess, resolve_mode
+from .preprocess import CUSTOM_HELP, MODES, NAMED_MODES, check_channels, preprocess, resolve_mode
 
 LOW_ACCURACY = 0.5
 _ACCURACY_TIE = 0.02
@@ -124,12 +131,15 @@ def _low_accuracy_warning(mode: str, acc: float, accs: dict) -> str:
             else "; check the data's labels and intensity range (raw pixels 0..255)")
     return (f"LOW CLEAN ACCURACY: {acc:.1%} with --preprocess {mode} (below {LOW_ACCURACY:.0%}): the model"
             f" probably expects another input range or the labels do not match{hint}. Pass --preprocess"
-            f" explicitly ({'/'.join(MODES)}); scan results on misread inputs are meaningless")
+            f" explicitly ({'/'.join(NAMED_MODES)}, or {CUSTOM_HELP}); scan results on misread inputs are"
+            " meaningless")
 
 
 def select_preprocess(victim, data, requested: str = "auto") -> InputCheck:
     """Choose (``auto``) or check (a named mode) the preprocessing for ``data`` on ``victim``."""
     requested_mode = resolve_mode(requested)
+    if requested_mode != "auto":
+        check_channels(requested_mode, data.x.shape[-1])
     warnings = []
     if data.y is not None:
         if requested_mode == "auto":

@@ -20,7 +20,6 @@ import io
 import json
 import math
 import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,10 +68,23 @@ class ReportContext:
 
 
 def atomic_write_bytes(path, payload: bytes) -> Path:
-    """Write ``payload`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
+    """Write ``payload`` to ``path`` through a temporary file in the same folder and ``os.replace``.
+
+    The file gets the mode of a plain ``open(path, "w")``: 0666 less the process umask (0644 under
+    umask 022). The temporary file is created with ``O_CREAT | O_EXCL`` and mode 0666 so the kernel
+    applies the umask (and any default ACL); ``mkstemp`` would leave every report 0600."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0) | getattr(os, "O_NOFOLLOW", 0)
+    for _ in range(100):
+        tmp = path.with_name(f".{path.name}.{os.urandom(6).hex()}.tmp")
+        try:
+            fd = os.open(tmp, flags, 0o666)
+            break
+        except FileExistsError:
+            continue
+    else:
+        raise FileExistsError(f"no free temporary name beside {path}")
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(payload)
@@ -155,6 +167,23 @@ def label_stem(label: int) -> str:
     return f"label_{int(label):03d}"
 
 
+def remove_stale_label_files(out_dir, files: dict) -> list:
+    """Delete label files of an earlier scan in ``out_dir/labels`` that ``files`` (this scan's
+    ``{label: {kind: rel_path}}``) does not name; only names this module writes are touched."""
+    import re
+
+    keep = {Path(rel).name for paths in files.values() for rel in paths.values()}
+    pattern = re.compile(r"label_\d{3,}_(%s)\.(png|npy)" % "|".join(FILE_KINDS))
+    removed = []
+    folder = Path(out_dir) / LABELS_DIR
+    if folder.is_dir():
+        for path in folder.iterdir():
+            if pattern.fullmatch(path.name) and path.name not in keep:
+                path.unlink()
+                removed.append(path.name)
+    return removed
+
+
 def write_label_files(result: LabelResult, out_dir) -> dict:
     """Write one label's PNG and .npy files; return ``{"mask_png": rel_path, ...}`` (posix, relative)."""
     out_dir = Path(out_dir)
@@ -194,6 +223,8 @@ def build_report(scan: ScanResult, context: ReportContext, label_files: Optional
     for r in scan.labels:
         entry = r.summary()
         entry["mad_index"] = scan.mad.label_indices.get(int(r.label))
+        # the same number with the banner's sign: (median - score) / MAD, positive = more suspicious
+        entry["anomaly_index"] = None if entry["mad_index"] is None else -float(entry["mad_index"])
         entry["flagged"] = int(r.label) in scan.flagged_labels
         entry["files"] = dict(label_files.get(int(r.label), {}))
         labels.append(entry)
@@ -208,6 +239,12 @@ def build_report(scan: ScanResult, context: ReportContext, label_files: Optional
         "seed": int(context.seed),
         "settings": dict(scan.settings),
         "verdict": scan.verdict,
+        "inconclusive_reasons": list(scan.inconclusive_reasons),
+        "coverage": {
+            "labels_scanned": len(scan.labels),
+            "num_classes": None if scan.num_classes is None else int(scan.num_classes),
+            "partial": bool(scan.partial),
+        },
         "flagged_labels": [int(v) for v in scan.flagged_labels],
         "anomaly_index": float(scan.mad.anomaly_index),
         "mad": {
@@ -216,7 +253,8 @@ def build_report(scan: ScanResult, context: ReportContext, label_files: Optional
             "threshold": float(scan.mad.threshold),
             "score": "a" if method_key(scan.method) == "tabor" else "l1",
         },
-        "trojan_probability": report_block(scan.method, scan.mad.anomaly_index, calibration),
+        "trojan_probability": report_block(scan.method, scan.mad.anomaly_index, calibration,
+                                           model=dict(context.model)),
         "seconds": float(scan.seconds),
         "notes": list(scan.notes),
         "labels": labels,
@@ -238,6 +276,7 @@ def write_report(scan: ScanResult, out_dir, context: ReportContext, *, html: boo
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         files = {int(r.label): write_label_files(r, out_dir) for r in scan.labels}
+        remove_stale_label_files(out_dir, files)
         report = build_report(scan, context, files, calibration)
         atomic_write_json(out_dir / REPORT_NAME, report)
     except PermissionError as exc:

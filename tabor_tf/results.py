@@ -59,9 +59,29 @@ class ScanResult:
     settings: dict = field(default_factory=dict)  # the preset / overrides actually used
     clean_accuracy: Optional[float] = None
     notes: list = field(default_factory=list)
+    num_classes: Optional[int] = None  # the model's class count (to tell a partial scan from a full one)
+    inconclusive: list = field(default_factory=list)  # reasons no verdict can be given (e.g. low clean accuracy)
+
+    @property
+    def partial(self) -> bool:
+        """True when fewer labels were scanned than the model has classes (``--labels``)."""
+        return self.num_classes is not None and len(self.labels) < int(self.num_classes)
+
+    @property
+    def inconclusive_reasons(self) -> list:
+        """Why this scan gives no clean / infected verdict: the stored reasons, plus partial coverage."""
+        reasons = list(self.inconclusive)
+        if self.partial:
+            reasons.append(
+                f"partial scan: {len(self.labels)} of {int(self.num_classes)} labels were scanned (--labels); the"
+                " labels not scanned were not looked at and a MAD test over a subset is not a verdict")
+        return reasons
 
     @property
     def verdict(self) -> str:
+        """``inconclusive`` (see ``inconclusive_reasons``), else ``infected`` / ``clean`` by the MAD test."""
+        if self.inconclusive_reasons:
+            return "inconclusive"
         return "infected" if self.mad.flagged_labels else "clean"
 
     @property

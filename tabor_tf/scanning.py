@@ -22,6 +22,8 @@ from typing import Optional, Sequence
 import numpy as np
 
 from .errors import DataError, TaborError
+from .input_check import LOW_ACCURACY
+from .output_folder import CHECKPOINT_DIR, default_out_dir, ensure_writable_dir, unique_out_dir  # noqa: F401
 from .report import ReportContext, method_key, write_report
 from .results import ScanResult
 
@@ -32,9 +34,11 @@ SYNTHETIC_CLASSES = 43
 DEFAULT_MAX_SAMPLES = 1000
 # fewer clean images than this cannot support a trigger search or an attack-success estimate
 MIN_CLEAN_SAMPLES = 10
+# below this clean accuracy (input_check's warning level) a scan gives no verdict (exit 2, or
+# 'inconclusive' when forced): the model misreads the inputs, so every trigger search runs on noise
+CLEAN_ACCURACY_FLOOR = LOW_ACCURACY
 # the clean-data subsample does not depend on the scan seed: different seeds see the same images
 DATA_SUBSAMPLE_SEED = 0
-CHECKPOINT_DIR = ".checkpoint"
 METHOD_CHOICES = ("tabor", "nc")
 
 
@@ -200,6 +204,7 @@ class Prepared:
             "labelled": self.data.y is not None,
             "max_samples": self.max_samples,
             "subsample_seed": DATA_SUBSAMPLE_SEED,
+            "label_order": getattr(self.data, "label_order", None),
         }
         prep = self.check.to_dict() if hasattr(self.check, "to_dict") else {"mode": self.check.mode}
         return ReportContext(model=model, data=data, preprocess=prep, seed=int(seed), extra=dict(extra or {}))
@@ -240,12 +245,19 @@ def prepare(
     victim=None,
     synthetic_classes: int = SYNTHETIC_CLASSES,
     synthetic_seed: int = SYNTHETIC_DATA_SEED,
+    labels: Optional[Sequence[int]] = None,
+    allow_low_accuracy: bool = False,
+    label_order: str = "auto",
 ) -> Prepared:
     """Load the model (unless ``victim`` is given) and its clean data, and check the preprocessing.
 
     ``max_samples``: keep a deterministic, class-stratified subsample of this many images
     (``None`` or 0: all). ``data_path == "synthetic"``: the embedded generator (``max_samples``
     images, default 1000, held-out seed ``synthetic_seed``, ``synthetic_classes`` classes).
+    ``labels``: the labels the scan will look at, checked against the model before the data loads.
+    Clean accuracy below ``CLEAN_ACCURACY_FLOOR`` is an error (``DataError``: a scan of misread
+    inputs means nothing) unless ``allow_low_accuracy``; the scan is then inconclusive.
+    ``label_order``: labels of class sub-folders, ``auto`` / ``keras`` / ``numeric`` (``tabor_tf.data``).
     """
     from .data import load_clean_data
     from .input_check import select_preprocess
@@ -253,6 +265,7 @@ def prepare(
 
     if victim is None:
         victim = load_victim(model_path, allow_unsafe=allow_unsafe, version=model_version)
+    check_labels(labels, int(victim.num_classes))
     limit = int(max_samples) if max_samples else None
     if str(data_path).strip().lower() == SYNTHETIC:
         data = synthetic_data(victim, limit or DEFAULT_MAX_SAMPLES, seed=synthetic_seed, num_classes=synthetic_classes)
@@ -261,10 +274,61 @@ def prepare(
         if data_path is None:
             raise DataError("no clean data given (--data PATH, or --data synthetic)")
         data = load_clean_data(data_path, image_shape=victim.input_shape, num_classes=victim.num_classes,
-                               limit=limit, seed=DATA_SUBSAMPLE_SEED, min_samples=MIN_CLEAN_SAMPLES)
+                               limit=limit, seed=DATA_SUBSAMPLE_SEED, min_samples=MIN_CLEAN_SAMPLES,
+                               label_order=label_order)
         data_label = os.path.abspath(str(data_path))
     check = select_preprocess(victim, data, preprocess or "auto")
+    if low_accuracy_reason(check) and not allow_low_accuracy:
+        raise DataError(low_accuracy_reason(check) + "; pass --allow-low-accuracy to scan anyway (the verdict"
+                        " is then 'inconclusive')")
     return Prepared(victim=victim, data=data, check=check, data_path=data_label, max_samples=limit)
+
+
+def low_accuracy_reason(check) -> Optional[str]:
+    """Why the clean accuracy of ``check`` (an ``InputCheck``) makes a verdict meaningless, or None."""
+    acc = check.clean_accuracy
+    if acc is None or acc >= CLEAN_ACCURACY_FLOOR:
+        return None
+    return (f"clean accuracy {100 * acc:.1f}% with --preprocess {check.mode} is below the floor of"
+            f" {100 * CLEAN_ACCURACY_FLOOR:.0f}%: the model misreads these inputs (wrong preprocessing, labels or"
+            " data), so no CLEAN / INFECTED verdict can be given")
+
+
+def check_labels(labels: Optional[Sequence[int]], num_classes: int) -> None:
+    """``TaborError`` for ``--labels`` outside ``0..num_classes-1`` or fewer than 3 of them."""
+    if labels is None:
+        return
+    bad = [int(v) for v in labels if not 0 <= int(v) < num_classes]
+    if bad:
+        raise TaborError(f"--labels: {bad} out of range for a model with {num_classes} classes (0..{num_classes - 1})")
+    if len(set(labels)) < 3:
+        raise TaborError(f"--labels: the outlier test needs at least 3 labels, got {len(set(labels))}")
+
+
+def scan_identity(model_path, *, method: str, data_path, seed: int, labels=None, preprocess: str = "auto",
+                  max_samples=None, preset=None, overrides=None, model_version=None, seeds: int = 1,
+                  label_order: str = "auto") -> dict:
+    """What decides a scan's outcome, known before anything is loaded: a report folder belongs to
+    one identity (``tabor_tf.output_folder.claim``), and only the same identity resumes in it."""
+    from .loading.files import sha256_path
+
+    path = Path(str(model_path)).expanduser()
+    synthetic = str(data_path).strip().lower() == SYNTHETIC
+    return {
+        "model": os.path.abspath(str(path)),
+        "model_sha256": sha256_path(path) if path.exists() else None,
+        "model_version": model_version,
+        "method": method_key(method),
+        "data": SYNTHETIC if synthetic else os.path.abspath(str(data_path)),
+        "max_samples": max_samples,
+        "label_order": str(label_order),
+        "preprocess": str(preprocess),
+        "seed": int(seed),
+        "seeds": int(seeds),
+        "labels": None if labels is None else sorted(int(v) for v in labels),
+        "preset": preset,
+        "overrides": {k: overrides[k] for k in sorted(overrides or {})},
+    }
 
 
 # ----------------------------------------------------------------------------- the scan
@@ -290,6 +354,7 @@ def run_scan(
     prepared: Optional[Prepared] = None,
     extra: Optional[dict] = None,
     execution=None,
+    allow_low_accuracy: bool = False,
 ) -> tuple:
     """Scan one model with one method -> ``(ScanResult, report_dict)``.
 
@@ -301,11 +366,14 @@ def run_scan(
     ``extra``: more top-level report keys. ``execution``: strategy and precision
     (``tabor_tf.distribute.Execution``; default: the one set by ``distribute.using``, else the
     default strategy in float32); both detectors run in its strategy's scope.
+    ``allow_low_accuracy``: scan below the clean-accuracy floor (verdict ``inconclusive``) instead
+    of raising ``DataError``.
     """
     key = method_key(method)
     if prepared is None:
         prepared = prepare(model_path, data_path, preprocess=preprocess, max_samples=max_samples,
-                           allow_unsafe=allow_unsafe, model_version=model_version)
+                           allow_unsafe=allow_unsafe, model_version=model_version, labels=labels,
+                           allow_low_accuracy=allow_low_accuracy)
     victim = prepared.victim
     config = make_config(key, preset, overrides, victim.input_shape)
     if out_dir is not None:
@@ -333,6 +401,9 @@ def run_scan(
             checkpoint_dir=checkpoint_dir,
             **({"strategy": execution.strategy} if key == "tabor" else {}),
         )
+    reason = low_accuracy_reason(prepared.check)
+    if reason:
+        result.inconclusive.append(reason + " (scanned anyway: --allow-low-accuracy)")
     result.settings.update(strategy=execution.strategy_name, replicas=int(execution.replicas),
                            precision=execution.precision, memory_budget_gib=execution.budget_gib)
     context = prepared.context(seed, extra)
@@ -343,41 +414,3 @@ def run_scan(
 
         report = build_report(result, context)
     return result, report
-
-
-def ensure_writable_dir(path) -> Path:
-    """Create ``path`` (and parents) and check a file can be written there, before a long scan."""
-    path = Path(path)
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / f".write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise TaborError(f"cannot write to the output folder {path}: {exc.strerror or exc}") from None
-    return path
-
-
-def unique_out_dir(base, *, resume_interrupted: bool = True) -> Path:
-    """``base``, or ``base-2``, ``base-3``... : the first that does not exist. With
-    ``resume_interrupted``, a folder holding an interrupted scan (a checkpoint, no report.json)
-    is reused so running the same command again resumes it."""
-    base = Path(base)
-    n = 1
-    while True:
-        candidate = base if n == 1 else base.with_name(f"{base.name}-{n}")
-        if not candidate.exists():
-            return candidate
-        if resume_interrupted and (candidate / CHECKPOINT_DIR).is_dir() and not (candidate / "report.json").exists():
-            return candidate
-        n += 1
-
-
-def default_out_dir(model_path, method: str, parent=".") -> Path:
-    """``scan-<model stem>-<method>`` in ``parent`` (never an existing finished report folder)."""
-    stem = Path(str(model_path).rstrip("/")).name
-    for suffix in (".keras", ".h5", ".hdf5"):
-        if stem.lower().endswith(suffix):
-            stem = stem[: -len(suffix)]
-    short = "nc" if method_key(method) == "neural_cleanse" else "tabor"
-    return unique_out_dir(Path(parent) / f"scan-{stem or 'model'}-{short}")

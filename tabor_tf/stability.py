@@ -45,7 +45,7 @@ def seed_list(seed: int, n: int) -> list:
 def summarise(per_seed: Sequence[dict]) -> dict:
     """``[{"seed", "verdict", "flagged_labels", "anomaly_index", ...}]`` -> the agreement summary.
 
-    ``majority_verdict``: the most frequent verdict (tie: ``infected``); ``verdict_agreement``:
+    ``majority_verdict``: the most frequent verdict (tie: ``infected``, then ``inconclusive``); ``verdict_agreement``:
     fraction of seeds with that verdict; ``majority_flagged``: the most frequent flagged set
     (sorted list); ``flagged_agreement``: fraction of seeds with exactly that set;
     ``label_flag_rate``: ``{label: fraction of seeds that flagged it}``; ``consensus_flagged``:
@@ -57,7 +57,8 @@ def summarise(per_seed: Sequence[dict]) -> dict:
     n = len(per_seed)
     verdicts = Counter(r["verdict"] for r in per_seed)
     top = max(verdicts.values())
-    majority = "infected" if verdicts.get("infected", 0) == top else "clean"
+    # ties go to the verdict a gate must not miss: infected, then inconclusive, then clean
+    majority = next(v for v in ("infected", "inconclusive", "clean", *sorted(verdicts)) if verdicts.get(v, 0) == top)
     sets = [tuple(sorted(int(k) for k in r.get("flagged_labels") or ())) for r in per_seed]
     counts = Counter(sets)
     best = max(counts.values())
@@ -84,6 +85,8 @@ def seed_entry(seed: int, report: dict) -> dict:
         "flagged_labels": [int(k) for k in report.get("flagged_labels") or ()],
         "anomaly_index": report.get("anomaly_index"),
         "trojan_probability": (report.get("trojan_probability") or {}).get("probability"),
+        "probability_validated": bool(((report.get("trojan_probability") or {}).get("calibration") or {})
+                                      .get("validated", False)),
         "seconds": report.get("seconds"),
     }
 
@@ -109,7 +112,8 @@ def run_scan_with_seeds(n: int, seed: int, out_dir, *, report_dir: Optional[Call
         run_scan_kwargs["prepared"] = prepare(
             run_scan_kwargs.pop("model_path"), run_scan_kwargs.pop("data_path", None),
             preprocess=run_scan_kwargs.pop("preprocess", "auto"),
-            **{k: run_scan_kwargs.pop(k) for k in ("max_samples", "allow_unsafe", "model_version")
+            labels=run_scan_kwargs.get("labels"),
+            **{k: run_scan_kwargs.pop(k) for k in ("max_samples", "allow_unsafe", "model_version", "allow_low_accuracy")
                if k in run_scan_kwargs})
     run_scan_kwargs.pop("seed", None)
     where = report_dir or (lambda s: out_dir / f"seed-{s}")
@@ -130,8 +134,10 @@ def run_scan_with_seeds(n: int, seed: int, out_dir, *, report_dir: Optional[Call
 
 
 def exit_code(summary: dict) -> int:
-    """0 / 1 from the majority verdict (the ``tabor-tf`` convention)."""
-    return 1 if summary["majority_verdict"] == "infected" else 0
+    """0 clean / 1 infected / 3 inconclusive from the majority verdict (the ``tabor-tf`` convention)."""
+    from .cli import exit_for_verdict
+
+    return exit_for_verdict(summary["majority_verdict"])
 
 
 def stability_lines(summary: dict) -> list:

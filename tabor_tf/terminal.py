@@ -183,16 +183,29 @@ def _index_text(value) -> str:
     return "infinite (MAD = 0)" if value is None else f"{float(value):.2f}"
 
 
-def summary_lines(report: dict, report_path: Optional[str] = None) -> list:
-    """The summary block of one scan report as plain lines (verdict first)."""
+def verdict_line(report: dict) -> str:
+    """``verdict  INFECTED  (TABOR)``: the one line a gate's log must always show."""
     method = METHOD_NAMES.get(report.get("method", ""), report.get("method", ""))
+    verdict = str(report.get("verdict", "?"))
+    text = f"verdict          {verdict.upper()}  ({method})"
+    coverage = report.get("coverage") or {}
+    if coverage.get("partial"):
+        text += f"  PARTIAL: {coverage.get('labels_scanned')} of {coverage.get('num_classes')} labels scanned"
+    return text
+
+
+def summary_lines(report: dict, report_path: Optional[str] = None, html_path: Optional[str] = None) -> list:
+    """The summary block of one scan report as plain lines (verdict first)."""
     flagged = report.get("flagged_labels", [])
     prep = report.get("preprocess", {})
     acc = prep.get("clean_accuracy")
     mad = report.get("mad", {})
-    lines = [
-        f"verdict          {str(report.get('verdict', '?')).upper()}  ({method})",
-        f"flagged labels   {', '.join(map(str, flagged)) if flagged else 'none'}",
+    inconclusive = report.get("verdict") == "inconclusive"
+    lines = [verdict_line(report)]
+    for reason in report.get("inconclusive_reasons") or ():
+        lines.append(f"why              {reason}")
+    lines += [
+        f"{'candidate labels' if inconclusive else 'flagged labels  '} {', '.join(map(str, flagged)) if flagged else 'none'}",
         f"anomaly index    {_index_text(report.get('anomaly_index'))}  (threshold {float(mad.get('threshold') or 2.0):g})",
         f"clean accuracy   {'unknown' if acc is None else f'{100 * float(acc):.1f}%'}"
         f"  (preprocessing {prep.get('mode', '?')})",
@@ -200,12 +213,24 @@ def summary_lines(report: dict, report_path: Optional[str] = None) -> list:
     ]
     if report_path:
         lines.append(f"report           {report_path}")
+    if html_path:
+        lines.append(f"html report      {html_path}")
     return lines
 
 
-def print_summary(report: dict, report_path: Optional[str] = None, *, stream: Optional[TextIO] = None) -> None:
+VERDICT_COLOURS = {"infected": "1;31", "clean": "1;32", "inconclusive": "1;33"}
+
+
+def print_summary(report: dict, report_path: Optional[str] = None, *, stream: Optional[TextIO] = None,
+                  html_path: Optional[str] = None) -> None:
     stream = stream if stream is not None else sys.stdout
-    lines = summary_lines(report, report_path)
-    colour = "1;31" if report.get("verdict") == "infected" else "1;32"
-    lines[0] = paint(lines[0], colour, stream)
+    lines = summary_lines(report, report_path, html_path)
+    lines[0] = paint(lines[0], VERDICT_COLOURS.get(report.get("verdict"), "1;33"), stream)
     print("\n".join(lines), file=stream, flush=True)
+
+
+def print_verdict_line(report: dict, *, stream: Optional[TextIO] = None) -> None:
+    """Only the verdict line (``--quiet``), coloured like the summary's."""
+    stream = stream if stream is not None else sys.stdout
+    print(paint(verdict_line(report), VERDICT_COLOURS.get(report.get("verdict"), "1;33"), stream), file=stream,
+          flush=True)

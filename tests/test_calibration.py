@@ -84,7 +84,7 @@ def test_pairs_from_compare_and_defaults(tmp_path):
     assert load_default("tabor", tmp_path / "cal.json") == cal
     fitted = report_block("tabor", 5.0, cal)
     assert fitted["calibration"]["fitted_on_zoo"] and fitted["calibration"]["n_models"] == 40
-    assert "calibrated on 40 zoo models, held-out AUC 1.00" in probability_line({"trojan_probability": fitted})
+    assert "calibrated on 40 zoo models, leave-one-out AUC 1.00" in probability_line({"trojan_probability": fitted})
 
 
 def test_fit_command_on_compare_files(tmp_path, capsys):

@@ -54,7 +54,9 @@ def test_compare_one_model_with_truth(tiny_infected_victim, tmp_path, capsys):
         assert entry["score"] == pytest.approx(reports[m]["labels"][7]["score"])
         assert (out / data["report_dirs"][m] / "report.json").is_file()
         assert (out / data["report_dirs"][m] / "report.html").is_file()
-    assert data["measures"]["tabor"]["faithful"] is True
+    assert data["measures"]["tabor"]["faithful"] is False  # --tabor-preset/--tabor-set: not TABOR's defaults
+    assert any("TABOR ran with modified settings" in n for n in data["notes"])
+    assert "TABOR (modified settings)" in printed
     assert data["measures"]["neural_cleanse"]["faithful"] is False  # --nc-set makes it budget-reduced
     assert any("NOT the faithful" in n for n in data["notes"])
     # picture: one row (target 7) of true trigger + 2 restored + 3 masks, 128 px tiles
@@ -134,7 +136,7 @@ def test_compare_errors(tmp_path, monkeypatch, capsys):
     assert "--data" in capsys.readouterr().err
     monkeypatch.setattr(compare, "DEMO_DIR", tmp_path / "empty")
     monkeypatch.delenv(compare.DEMO_ENV, raising=False)
-    monkeypatch.chdir(tmp_path)  # find_demo_dir also looks in ./models/demo
+    monkeypatch.chdir(tmp_path)
     assert compare.main([]) == 2
     assert "demo victims" in capsys.readouterr().err
     assert compare.main(["--nc-set", "bogus=1"]) == 2

@@ -132,6 +132,97 @@ def test_flat_folder_has_no_labels_and_16bit_and_alpha(tmp_path):
     np.testing.assert_array_equal(data.x[2], data.x[0])
 
 
+def _class_folders(root, names):
+    """One image per class folder; its first pixel is 10 + int(name) (or 10 + position for words)."""
+    x = _images(n=len(names))
+    for i, name in enumerate(names):
+        x[i, 0, 0, 0] = 10 + (int(name) if name.isdigit() else i)
+        d = root / name
+        d.mkdir(parents=True)
+        assert cv2.imwrite(str(d / "img.png"), _bgr(x[i]))
+    return root
+
+
+def _folder_of(data):
+    """The int(folder name) each loaded image came from (decoded from its first pixel)."""
+    return data.x[:, 0, 0, 0].astype(int) - 10
+
+
+def test_unpadded_class_folders_follow_keras_order_with_a_note(tmp_path):
+    """Keras's image_dataset_from_directory sorts 0..11 as strings: 0, 1, 10, 11, 2, ..., 9."""
+    root = _class_folders(tmp_path / "imgs", [str(i) for i in range(12)])
+    keras_order = sorted(str(i) for i in range(12))
+    data = load_clean_data(root, image_shape=(8, 8, 3), num_classes=12)
+    assert data.label_order == "keras" and data.to_dict()["label_order"] == "keras"
+    assert {int(f): int(y) for f, y in zip(_folder_of(data), data.y)} == {int(n): i for i, n in enumerate(keras_order)}
+    assert dict(zip(_folder_of(data).tolist(), data.y.tolist()))[10] == 2
+    note = next(n for n in data.notes if "Keras's string order" in n)
+    assert "(2, 10, ...)" in note and "10 before 2" in note and "--label-order numeric" in note
+    assert load_clean_data(root, image_shape=(8, 8, 3), label_order="keras").y.tolist() == data.y.tolist()
+
+    numeric = load_clean_data(root, image_shape=(8, 8, 3), num_classes=12, label_order="numeric")
+    assert numeric.label_order == "numeric"
+    np.testing.assert_array_equal(numeric.y, _folder_of(numeric))
+    assert not any("Keras" in n for n in numeric.notes)
+    with pytest.raises(DataError, match="--label-order 'alphabetic': choose one of auto, keras, numeric"):
+        load_clean_data(root, label_order="alphabetic")
+
+
+def test_padded_or_single_digit_class_folders_are_unambiguous(tmp_path):
+    for name, names in (("padded", [f"{i:05d}" for i in range(12)]), ("digits", [str(i) for i in range(7)])):
+        root = _class_folders(tmp_path / name, names)
+        for order in ("auto", "keras", "numeric"):
+            data = load_clean_data(root, image_shape=(8, 8, 3), num_classes=len(names), label_order=order)
+            np.testing.assert_array_equal(data.y, _folder_of(data))
+            assert not any("Keras's string order" in n for n in data.notes), (name, order, data.notes)
+        assert load_clean_data(root, image_shape=(8, 8, 3)).label_order == "numeric"
+
+
+def test_class_folder_subsets_and_names(tmp_path):
+    # single digits only, but a 12-class model: Keras numbered its training folders 0..11 as strings
+    subset = _class_folders(tmp_path / "subset", [str(i) for i in range(10)])
+    data = load_clean_data(subset, image_shape=(8, 8, 3), num_classes=12)
+    assert dict(zip(_folder_of(data).tolist(), data.y.tolist()))[2] == 4 and data.label_order == "keras"
+    assert any("12-class model" in n for n in data.notes)
+    # padded names with a class missing keep their numbers
+    gap = _class_folders(tmp_path / "gap", ["00", "01", "03"])
+    assert load_clean_data(gap, image_shape=(8, 8, 3)).y.tolist() == [0, 1, 3]
+    # names that are not numbers: Keras's order, and numeric refuses them
+    words = _class_folders(tmp_path / "words", ["dog", "cat", "bird"])
+    data = load_clean_data(words, image_shape=(8, 8, 3), num_classes=3)
+    assert data.label_order == "keras" and data.y.tolist() == [0, 1, 2]  # bird, cat, dog
+    assert any("bird=0, cat=1, dog=2" in n for n in data.notes)
+    with pytest.raises(DataError, match="numeric needs class folders named by class number.*'bird'"):
+        load_clean_data(words, label_order="numeric")
+    with pytest.raises(DataError, match="'01' and '1' are both class 1"):
+        load_clean_data(_class_folders(tmp_path / "dup", ["1", "01"]), label_order="numeric")
+    # arrays have no folder order
+    np.savez(tmp_path / "d.npz", x=_images(), y=np.arange(12))
+    assert load_clean_data(tmp_path / "d.npz").label_order is None
+
+
+def test_label_order_reaches_the_cli_and_the_report(tmp_path):
+    import argparse
+    from types import SimpleNamespace
+
+    from tabor_tf.commands.scan import add_common_input_arguments
+    from tabor_tf.input_check import InputCheck
+    from tabor_tf.scanning import Prepared
+
+    parser = argparse.ArgumentParser()
+    add_common_input_arguments(parser)
+    assert parser.parse_args([]).label_order == "auto"
+    assert parser.parse_args(["--label-order", "numeric"]).label_order == "numeric"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--label-order", "alphabetic"])
+    data = load_clean_data(_class_folders(tmp_path / "imgs", [str(i) for i in range(12)]), image_shape=(8, 8, 3))
+    victim = SimpleNamespace(path=str(tmp_path / "m.keras"), sha256="0" * 64, format="keras", input_shape=(8, 8, 3),
+                             num_classes=12, output_kind="logits", version=None)
+    prepared = Prepared(victim=victim, data=data, check=InputCheck("unit", 1.0), data_path=str(tmp_path / "imgs"),
+                        max_samples=None)
+    assert prepared.context(0).data["label_order"] == "keras"
+
+
 # ------------------------------------------------------------------------------------------
 # GTSRB
 
@@ -222,7 +313,7 @@ def test_bad_inputs(tmp_path):
     with pytest.raises(DataError, match="no images"):
         load_clean_data(tmp_path / "empty")
     (tmp_path / "named" / "cats").mkdir(parents=True)
-    with pytest.raises(DataError, match="named by class number"):
+    with pytest.raises(DataError, match=r"no images .*directly in its class folders \(cats\)"):
         load_clean_data(tmp_path / "named")
     x = _images().astype(np.float32)
     cases = {

@@ -121,7 +121,7 @@ def test_auto_prefers_training_scale_over_overconfident_raw():
     from tabor_tf.loading import load_victim
     from tabor_tf.synthetic import make_signs
 
-    model = Path(__file__).resolve().parents[1] / "models" / "demo" / "square-br" / "model.h5"
+    model = Path(__file__).resolve().parents[1] / "tabor_tf" / "assets" / "demo" / "square-br" / "model.h5"
     x, y = make_signs(300, seed=777)
     check = select_preprocess(load_victim(model), CleanData(x=x.astype("float32"), y=y, source="t", format="npz"))
     assert check.accuracies_by_mode["raw"] >= check.accuracies_by_mode["unit"] - 0.02  # the trap is real

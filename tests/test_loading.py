@@ -271,7 +271,7 @@ def test_tf_serving_versions(zoo):
     assert first.version == 1 and first.num_classes == 3
     with pytest.raises(ModelLoadError, match=r"version 2 not found.*1, 3"):
         load_victim(base, version=2)
-    with pytest.raises(ModelLoadError, match="drop --version"):
+    with pytest.raises(ModelLoadError, match="drop --model-version"):
         load_victim(base / "1", version=1)
 
 
@@ -382,7 +382,7 @@ def test_corrupt_truncated_and_odd_files(zoo, tmp_path):
     (tmp_path / "somedir").mkdir()
     with pytest.raises(ModelLoadError, match="not a SavedModel"):
         load_victim(tmp_path / "somedir")
-    with pytest.raises(ModelLoadError, match="--version applies"):
+    with pytest.raises(ModelLoadError, match="--model-version applies"):
         load_victim(refs["k3.keras"][0], version=2)
 
 

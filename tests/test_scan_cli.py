@@ -96,7 +96,7 @@ def test_scan_clean_exits_0_and_json(tiny_clean_victim, tmp_path, capsys):
     (["--labels", "1,x"], "--labels"),
     (["--set", "no_such_setting=1"], "valid keys"),
     (["--set", "steps=many"], "int"),
-    (["--preprocess", "bgr"], "preprocessing mode"),
+    (["--preprocess", "bgrx"], "preprocessing mode"),
     (["--preset", "huge"], "preset"),
 ])
 def test_scan_usage_errors_exit_2(tiny_clean_victim, tmp_path, capsys, extra, message):

@@ -51,7 +51,9 @@ def test_seeds_on_a_tiny_infected_victim(tiny_infected_victim, tmp_path):
         assert report["seed"] == entry["seed"] and report["verdict"] == entry["verdict"]
         assert report["flagged_labels"] == entry["flagged_labels"]
     assert summary["majority_verdict"] == "infected" and 7 in summary["majority_flagged"]
-    assert 0.5 <= summary["verdict_agreement"] <= 1.0
+    # the agreement is the share of seeds that gave the majority verdict (with 2 seeds: 0.5 or 1.0)
+    agreeing = sum(e["verdict"] == summary["majority_verdict"] for e in summary["per_seed"])
+    assert agreeing >= 1 and summary["verdict_agreement"] == agreeing / 2
     on_disk = json.loads((tmp_path / "s" / "stability.json").read_text())
     assert on_disk["per_seed"] == summary["per_seed"]
 

@@ -226,7 +226,8 @@ def test_recipe_errors(models, message):
         parse_recipe({"models": models})
 
 
-@pytest.mark.parametrize("name", ["demo.json", "gtsrb-paper.json", "gtsrb-quick.json"])
+@pytest.mark.parametrize("name", ["demo.json", "gtsrb-paper.json", "gtsrb-quick.json", "gtsrb-zoo.json",
+                                  "eval-dev.json", "eval-test.json"])
 def test_shipped_recipes_parse(name):
     root = os.path.join(os.path.dirname(os.path.dirname(__file__)), "models", "recipes")
     recipe = load_recipe(os.path.join(root, name))
@@ -395,7 +396,7 @@ def test_fixture_clean_victim(tiny_clean_victim, tiny_infected_victim):
 
 # --- the shipped demo zoo -------------------------------------------------------------------
 
-DEMO = os.path.join(os.path.dirname(os.path.dirname(__file__)), "models", "demo")
+DEMO = os.path.join(os.path.dirname(os.path.dirname(__file__)), "tabor_tf", "assets", "demo")
 
 
 @pytest.mark.parametrize("name", ["square-br", "icon-tl", "clean"])

@@ -11,7 +11,8 @@ import sys
 
 NAME = "audit"
 HELP = ("scan many models (TF Serving versions, a folder, or a manifest) and write audit.json / audit.md; "
-        "exit 2 if any model could not be scanned, else 1 if any is infected, else 0")
+        "exit 2 if any model could not be scanned, else 1 if any is infected, else 3 if any verdict is inconclusive, "
+        "else 0")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,7 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="output folder: DIR/<model-id>/report.json, DIR/audit.json, DIR/audit.md "
                              "(default ./audit; models already scanned there with the same settings are reused)")
     parser.add_argument("--preprocess", default="auto", metavar="MODE",
-                        help="raw, unit, symmetric, imagenet or auto (default; a manifest row may override)")
+                        help="raw, unit, symmetric, imagenet, bgr, bgr-unit, mean=..,std=.., scale=..,offset=.. or "
+                             "auto (default; a manifest row may override; quote a custom mode in a CSV manifest)")
     parser.add_argument("--seed", type=int, default=0, help="random seed of the trigger search (default 0)")
     add_seed_arguments(parser)
     parser.add_argument("--preset", default=None, help="settings preset of the method")
@@ -42,6 +44,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="class-stratified subsample of N clean images per model (default 1000; 0 = all)")
     parser.add_argument("--allow-unsafe-deserialization", action="store_true",
                         help="load Lambda layers / custom objects (runs code stored in the files: trusted files only)")
+    parser.add_argument("--allow-low-accuracy", action="store_true",
+                        help="scan models whose clean accuracy is below the floor (50%%): their verdict is then "
+                             "'inconclusive' instead of an error")
     parser.add_argument("--no-html", action="store_true", help="do not write report.html per model")
     parser.add_argument("--quiet", action="store_true", help="no progress or info lines")
     parser.add_argument("--json", action="store_true", help="print audit.json to stdout")
@@ -70,7 +75,7 @@ def settings_from_args(args):
     return AuditSettings(method=method, preprocess=args.preprocess, seed=args.seed, seeds=args.seeds,
                          preset=args.preset, overrides=tuple(sorted(overrides.items())),
                          max_samples=max_samples, allow_unsafe=args.allow_unsafe_deserialization,
-                         html=not args.no_html)
+                         html=not args.no_html, allow_low_accuracy=args.allow_low_accuracy)
 
 
 def run(args) -> int:

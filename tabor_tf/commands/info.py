@@ -15,8 +15,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--allow-unsafe-deserialization", action="store_true",
                         help="load Lambda layers / custom objects (runs code stored in the file: trusted files only)")
-    parser.add_argument("--version", dest="model_version", type=int, default=None, metavar="N",
-                        help="TF Serving version to read (default: the highest)")
+    parser.add_argument("--model-version", "--version", dest="model_version", type=int, default=None, metavar="N",
+                        help="TF Serving version to read (default: the highest); the same option as scan's "
+                             "--model-version (--version is kept as an older spelling)")
 
 
 def _layers_text(victim) -> str:

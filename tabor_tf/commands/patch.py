@@ -30,7 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--label", dest="labels", default=None, metavar="LIST",
                         help="restored triggers to unlearn, e.g. 7 or 2,7 (default: every flagged label)")
     parser.add_argument("--preprocess", default=None, metavar="MODE",
-                        help="raw / unit / symmetric / imagenet (default: the mode the scan used)")
+                        help="raw / unit / symmetric / imagenet / bgr / bgr-unit / mean=..,std=.. / scale=..,offset=.. "
+                             "(default: the mode the scan used)")
     parser.add_argument("--max-samples", type=int, default=None, metavar="N",
                         help="use a class-stratified subsample of N clean images (default: all)")
     parser.add_argument("--holdout", type=float, default=0.2, metavar="F",
@@ -75,7 +76,8 @@ def _load_data(args, report: dict):
         data = synthetic_data(view, limit or DEFAULT_MAX_SAMPLES)
     else:
         data = load_clean_data(args.data, image_shape=shape, num_classes=k, limit=limit, seed=DATA_SUBSAMPLE_SEED,
-                               min_samples=MIN_CLEAN_SAMPLES)
+                               min_samples=MIN_CLEAN_SAMPLES,  # class folders labelled as the scan did
+                               label_order=(report.get("data") or {}).get("label_order") or "auto")
     if data.y is None:
         raise DataError(f"{args.data}: patching needs labelled clean images (the triggers are unlearned "
                         "against the true labels)")

@@ -1,6 +1,7 @@
 """``tabor-tf scan MODEL --data DATA``: scan one model with TABOR (default) or Neural Cleanse.
 
-Exit status like a virus scanner: 0 clean, 1 backdoor found, 2 usage or input error.
+Exit status like a virus scanner: 0 clean, 1 backdoor found, 2 usage or input error (also: clean
+accuracy below the floor), 3 inconclusive (a partial ``--labels`` scan, or ``--allow-low-accuracy``).
 """
 
 from __future__ import annotations
@@ -10,7 +11,8 @@ import sys
 import time
 
 NAME = "scan"
-HELP = "scan a model for a trojan backdoor (TABOR or Neural Cleanse); exit 0 clean, 1 infected, 2 error"
+HELP = ("scan a model for a trojan backdoor (TABOR or Neural Cleanse); exit 0 clean, 1 infected, 2 error, "
+        "3 inconclusive")
 
 
 def add_common_input_arguments(parser: argparse.ArgumentParser) -> None:
@@ -20,8 +22,15 @@ def add_common_input_arguments(parser: argparse.ArgumentParser) -> None:
                              "folder, or 'synthetic' (the embedded sign generator; 43-class square RGB models)")
     parser.add_argument("--preprocess", default="auto", metavar="MODE",
                         help="how raw pixels 0..255 map to the model's input: raw, unit (x/255), symmetric "
-                             "(x/127.5-1), imagenet (BGR minus Caffe means), or auto (best clean accuracy; default). "
-                             "Aliases: mnist=unit, inception=symmetric")
+                             "(x/127.5-1), imagenet (BGR minus Caffe means), bgr (BGR, 0..255), bgr-unit (BGR, "
+                             "x/255), mean=R,G,B,std=R,G,B ((x/255-mean)/std; values above 1 are in pixel units), "
+                             "scale=S,offset=O (x*S+O), either with order=bgr to flip channels first, or auto "
+                             "(best clean accuracy among raw/unit/symmetric/imagenet; default). Aliases: mnist=unit, "
+                             "inception=symmetric")
+    parser.add_argument("--label-order", default="auto", choices=("auto", "keras", "numeric"),
+                        help="labels of class sub-folders: keras (index of the folder name sorted as a string, "
+                             "as image_dataset_from_directory: 10 before 2), numeric (label = int(name)), or auto "
+                             "(default: numeric when both agree, e.g. zero-padded names, else keras with a note)")
     parser.add_argument("--seed", type=int, default=0, help="random seed of the trigger search (default 0)")
     parser.add_argument("--max-samples", type=int, default=None, metavar="N",
                         help="use a class-stratified subsample of N clean images (default 1000; 0 = all)")
@@ -29,7 +38,11 @@ def add_common_input_arguments(parser: argparse.ArgumentParser) -> None:
                         help="load Lambda layers / custom objects (runs code stored in the file: trusted files only)")
     parser.add_argument("--model-version", type=int, default=None, metavar="N",
                         help="TF Serving version to scan (default: the highest)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar or info lines (warnings still shown)")
+    parser.add_argument("--allow-low-accuracy", action="store_true",
+                        help="scan even when the clean accuracy is below the floor (50%%); the verdict is then "
+                             "'inconclusive' (exit 3) instead of an error (exit 2)")
+    parser.add_argument("--quiet", action="store_true",
+                        help="no progress bar or info lines (warnings and the verdict line still shown)")
     from ..distribute import add_arguments as add_execution_arguments
 
     add_execution_arguments(parser)
@@ -42,10 +55,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--method", default="tabor", choices=("tabor", "nc", "neural-cleanse"),
                         help="tabor (default) or nc (the faithful Neural Cleanse baseline)")
     parser.add_argument("--out", metavar="DIR", default=None,
-                        help="report folder (default: a new folder scan-<model>-<method>; an interrupted scan "
-                             "in it is resumed)")
+                        help="report folder (default: a new folder scan-<model>-<method>); an interrupted scan of "
+                             "the same model and settings in it is resumed, any other scan's files are refused")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the scan files (report, label files, checkpoint) already in --out")
     parser.add_argument("--labels", metavar="LIST", default=None,
-                        help="candidate target labels to scan, e.g. 0,3,5-9 (default all; at least 3)")
+                        help="candidate target labels to scan, e.g. 0,3,5-9 (default all; at least 3). A partial "
+                             "scan gives no clean verdict: it reports 'inconclusive' and exits 3")
     parser.add_argument("--preset", default=None,
                         help="settings preset (TABOR: gtsrb, imagenet, fast; NC: gtsrb, reference-defaults)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -87,32 +103,46 @@ def run(args) -> int:
 
 
 def _run(args) -> int:
-    from ..cli import EXIT_CLEAN, EXIT_INFECTED
+    from ..cli import exit_for_verdict
     from ..errors import TaborError
-    from ..report import dumps, method_key
+    from ..output_folder import claim, default_out_dir
     from ..preprocess import resolve_mode
-    from ..scanning import (DEFAULT_MAX_SAMPLES, default_out_dir, make_config, parse_labels, parse_overrides,
-                            prepare, run_scan)
-    from ..terminal import ProgressBar, print_summary, say
+    from ..report import dumps, method_key
+    from ..scanning import (DEFAULT_MAX_SAMPLES, make_config, parse_labels, parse_overrides, prepare, run_scan,
+                            scan_identity)
+    from ..terminal import ProgressBar, print_summary, print_verdict_line, say
 
+    # usage errors before the (slow) model and data loading
     if not args.data:
         raise TaborError("scan needs clean data: --data PATH (or --data synthetic)")
     method = method_key(args.method)
     labels = parse_labels(args.labels)
+    if labels is not None and len(labels) < 3:
+        raise TaborError(f"--labels: the outlier test needs at least 3 labels, got {len(labels)}")
     overrides = parse_overrides(args.overrides, method)
     max_samples = DEFAULT_MAX_SAMPLES if args.max_samples is None else args.max_samples
     if max_samples < 0:
         raise TaborError("--max-samples must be >= 0")
-    # usage errors before the (slow) model and data loading
+    if args.seeds < 1:
+        raise TaborError(f"--seeds must be >= 1, got {args.seeds}")
     resolve_mode(args.preprocess)
     if args.preset is not None:
         make_config(method, args.preset, overrides)
+    identity = scan_identity(args.model, method=method, data_path=args.data, seed=args.seed, labels=labels,
+                             preprocess=args.preprocess, max_samples=max_samples, preset=args.preset,
+                             overrides=overrides, model_version=args.model_version, seeds=args.seeds,
+                             label_order=args.label_order)
+    out_dir = args.out or default_out_dir(args.model, method, identity=identity)
+    state = claim(out_dir, identity, overwrite=args.overwrite)
     info = sys.stderr
     started = time.perf_counter()
     prepared = prepare(args.model, args.data, preprocess=args.preprocess, max_samples=max_samples,
-                       allow_unsafe=args.allow_unsafe_deserialization, model_version=args.model_version)
-    out_dir = args.out or default_out_dir(args.model, method)
+                       allow_unsafe=args.allow_unsafe_deserialization, model_version=args.model_version,
+                       labels=labels, allow_low_accuracy=args.allow_low_accuracy, label_order=args.label_order)
     describe_inputs(prepared, args.quiet, info)
+    if state != "new":
+        say(f"output       {out_dir}: {'resuming the interrupted scan' if state == 'resume' else 'old scan files removed (--overwrite)'}",
+            stream=info, quiet=args.quiet)
     if args.seeds > 1:
         from ..stability import run_seeds_for_scan
 
@@ -125,17 +155,19 @@ def _run(args) -> int:
         _, report = run_scan(method=method, labels=labels, seed=args.seed, preset=args.preset, overrides=overrides,
                              out_dir=out_dir, progress=bar, prepared=prepared, html=not args.no_html)
     report_path = str(out_dir) + "/report.json"
+    html_path = None if args.no_html else str(out_dir) + "/report.html"
     if args.json:
         sys.stdout.write(dumps(report))
         sys.stdout.flush()
-        if not args.quiet:
-            print_summary(report, report_path, stream=info)
-            _print_probability(report, info)
-    elif not args.quiet:
-        print_summary(report, report_path, stream=sys.stdout)
-        _print_probability(report, sys.stdout)
+    summary_stream = info if args.json else sys.stdout
+    if args.quiet:
+        if not args.json:  # with --json the verdict is on stdout already
+            print_verdict_line(report, stream=summary_stream)  # a gate's log always says what was decided
+    else:
+        print_summary(report, report_path, stream=summary_stream, html_path=html_path)
+        _print_probability(report, summary_stream)
         say(f"(total {time.perf_counter() - started:.1f} s including loading)", stream=info)
-    return EXIT_INFECTED if report["verdict"] == "infected" else EXIT_CLEAN
+    return exit_for_verdict(report["verdict"])
 
 
 def _print_probability(report: dict, stream) -> None:

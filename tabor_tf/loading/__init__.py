@@ -40,7 +40,7 @@ def load_victim(path, *, allow_unsafe: bool = False, version: Optional[int] = No
         return Victim(path=str(directory), format=fmt, format_detail=detail, version=used_version,
                       sha256=sha256_path(directory), **parts)
     if version is not None:
-        raise ModelLoadError(f"{path} is a model file; --version applies to a TF Serving base path")
+        raise ModelLoadError(f"{path} is a model file; --model-version applies to a TF Serving base path")
     from .classifier import keras_classifier
     from .keras_files import load_keras_h5, load_keras_zip
 

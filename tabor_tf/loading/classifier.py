@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Optional
 
 from ..errors import ModelLoadError
+from .files import first_line
+from .graph_logits import NoSoftmaxLogits, softmax_input_logits
 from .victim import LayerInfo, log_probabilities, probe_is_probabilities
 
 PREPROCESSING_CLASSES = frozenset({
@@ -60,12 +62,44 @@ def check_float_input(dtype_name: str, is_float: bool, where: str) -> None:
         raise ModelLoadError(f"{where}: the input dtype is {dtype_name}; tabor-tf needs a float image input")
 
 
-def probed_logits(forward, shape: tuple) -> tuple:
+RECOVERED_SOURCE = "pre-softmax logits recovered from the graph's Softmax op"
+LOG_PROB_SOURCE = "log of the output probabilities (floored at the smallest float32 normal)"
+
+
+def probed_logits(forward, shape: tuple, notes: Optional[list] = None) -> tuple:
     """(output_kind, logits_fn, logits_source) of a forward function whose final activation could
-    not be split off: probe whether it outputs probabilities (then logits = log p) or logits."""
-    if probe_is_probabilities(forward, shape):
-        return "probabilities", log_probabilities(forward), "log of the output probabilities"
-    return "logits", forward, "model output (logits)"
+    not be split off. Probe whether it outputs probabilities; if so, take the input of the graph's
+    final Softmax op (checked: its softmax must equal the output), else log p (a line is added to
+    ``notes`` saying why)."""
+    if not probe_is_probabilities(forward, shape):
+        return "logits", forward, "model output (logits)"
+    try:
+        logits_fn, op_name = softmax_input_logits(forward, shape)
+        _check_softmax_matches(logits_fn, forward, shape)
+        return "probabilities", logits_fn, f"{RECOVERED_SOURCE} {op_name!r}"
+    except NoSoftmaxLogits as exc:
+        reason = str(exc)
+    except Exception as exc:  # noqa: BLE001 - any failure of the recovery falls back to log p
+        reason = f"{type(exc).__name__}: {first_line(exc)[:200]}"
+    if notes is not None:
+        notes.append(f"the model outputs probabilities and its pre-softmax logits could not be recovered"
+                     f" ({reason}): logits = log(p), so labels whose probability underflows float32"
+                     " (p < 1.2e-38) get no gradient")
+    return "probabilities", log_probabilities(forward), LOG_PROB_SOURCE
+
+
+def _check_softmax_matches(logits_fn, forward, shape: tuple, seed: int = 1, atol: float = 1e-3) -> None:
+    """NoSoftmaxLogits unless softmax(logits_fn(x)) == forward(x) (finite logits) on random inputs."""
+    import numpy as np
+    import tensorflow as tf
+
+    rng = np.random.default_rng(seed)
+    for scale in (1.0, 255.0):
+        x = tf.constant((rng.random((4, *shape)) * scale).astype(np.float32))
+        z = tf.cast(logits_fn(x), tf.float32)
+        p = tf.cast(forward(x), tf.float32).numpy()
+        if not np.all(np.isfinite(z.numpy())) or np.abs(tf.nn.softmax(z).numpy() - p).max() > atol:
+            raise NoSoftmaxLogits("the recovered logits do not reproduce the output")
 
 
 CLASSIFIER_KEYS = ("forward", "logits_fn", "input_shape", "num_classes", "output_kind", "logits_source",
@@ -215,7 +249,7 @@ def keras_classifier(model, where: str) -> dict:
         if split[1] == "sigmoid":
             notes.append("final sigmoid: its pre-sigmoid values are scanned as logits (same ranking)")
     else:
-        kind, logits_fn, source = probed_logits(forward, shape)
+        kind, logits_fn, source = probed_logits(forward, shape, notes)
     return classifier_parts(forward=forward, logits_fn=logits_fn, input_shape=shape, num_classes=k, output_kind=kind,
                             logits_source=source, preprocessing_layers=keras_preprocessing_layers(model),
                             param_count=int(model.count_params()), notes=notes)

@@ -58,7 +58,7 @@ def resolve_saved_model_dir(path: Path, version: Optional[int]) -> tuple[Path, O
     if is_saved_model_dir(path):
         if version is not None:
             raise ModelLoadError(
-                f"{path} is a single SavedModel, not a TF Serving base path: drop --version {version}"
+                f"{path} is a single SavedModel, not a TF Serving base path: drop --model-version {version}"
             )
         return path, None
     versions = list_serving_versions(path)

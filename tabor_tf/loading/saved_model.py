@@ -3,7 +3,9 @@
 
 Loading a SavedModel runs no Python stored in it (see ``model_safety``); the graph is checked for
 file-system ops first, and the checkpoint's declared tensor sizes against the bytes on disk.
-Gradients flow through the restored signature function to its input.
+Gradients flow through the restored signature function to its input. A signature that outputs
+probabilities is scanned on the input of its final Softmax op, recovered from the frozen graph
+(``graph_logits``); log(p) only when that op cannot be found.
 """
 
 from __future__ import annotations
@@ -127,13 +129,7 @@ def saved_model_classifier(directory: Path, allow_unsafe: bool) -> dict:
         result = sig(**{in_name: x}) if in_name is not None else sig(x)
         return result[out_key] if out_key is not None else result
 
-    kind, logits_fn, source = probed_logits(forward, shape)
-    if kind == "probabilities":
-        notes.append(
-            "the SavedModel outputs probabilities: logits are log(p) clipped at 1e-12, so saturated"
-            " outputs give no gradient; a .keras/.h5 file or a SavedModel without the final softmax"
-            " gives exact logits"
-        )
+    kind, logits_fn, source = probed_logits(forward, shape, notes)
     preprocessing = None
     if meta_layers is not None:
         preprocessing = tuple(

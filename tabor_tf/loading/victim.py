@@ -8,7 +8,10 @@ gradients flow to ``x``. ``softmax(logits(x))`` equals the model's probabilities
 * Keras models ending in a softmax (``Dense(activation="softmax")``, ``Softmax``,
   ``Activation("softmax")``): the exact pre-softmax values, from a functional view of the same
   layers that stops before the softmax (the final layer's weights are shared by a linear copy);
-* other probability outputs (SavedModels): ``log(clip(p, 1e-12, 1))``.
+* other outputs ending in a ``Softmax`` op (SavedModels, ``keras.ops.softmax``): the input of
+  that op, recovered from the frozen graph (``graph_logits``);
+* probability outputs whose softmax cannot be found: ``log(max(p, PROB_FLOOR))`` with a backward
+  pass that stays finite (``log_probabilities``).
 """
 
 from __future__ import annotations
@@ -22,7 +25,11 @@ from ..errors import TaborError
 from ..preprocess import preprocess as _preprocess
 from ..preprocess import resolve_mode
 
-PROB_FLOOR = 1e-12
+# The smallest normal float32 (1.18e-38): log(p) keeps an exact gradient down to it; a fixed floor
+# such as 1e-12 would zero the gradient of every label a confident model gives p < 1e-12.
+PROB_FLOOR = float(np.finfo(np.float32).tiny)
+# Bound on d log(p) / dp in the backward pass (1 / PROB_FLOOR = 8.5e37 is close to float32 max).
+_GRAD_CAP = 1e37
 
 
 @dataclass(frozen=True)
@@ -171,11 +178,21 @@ def probe_is_probabilities(forward: Callable, input_shape: tuple, seed: int = 0)
 
 
 def log_probabilities(forward: Callable) -> Callable:
-    """``x -> log(clip(p, 1e-12, 1))``: logits whose softmax is ``p`` (rows of p sum to 1)."""
+    """``x -> log(max(p, PROB_FLOOR))``: logits [B, K] whose softmax is ``p = forward(x)`` (rows sum
+    to 1). Backward: ``g / max(p, PROB_FLOOR)`` capped at ``_GRAD_CAP``, finite even where p == 0, so
+    every label with p above the floor gets its true gradient (that of the model's own logits)."""
     import tensorflow as tf
 
+    @tf.custom_gradient
+    def safe_log(p):
+        q = tf.maximum(p, PROB_FLOOR)
+
+        def grad(g):
+            return tf.clip_by_value(g / q, -_GRAD_CAP, _GRAD_CAP)
+
+        return tf.math.log(q), grad
+
     def logits_fn(x):
-        p = tf.cast(forward(x), tf.float32)
-        return tf.math.log(tf.clip_by_value(p, PROB_FLOOR, 1.0))
+        return safe_log(tf.cast(forward(x), tf.float32))
 
     return logits_fn

@@ -217,4 +217,5 @@ def scan(victim, data, *, preprocess: str, labels: Optional[Sequence[int]] = Non
                     optimise_seconds=float(result.wall_seconds),
                     images_per_second=float(result.images_per_second))
     return ScanResult(method=METHOD, labels=label_results, mad=mad, seconds=time.perf_counter() - started,
-                      settings=settings, clean_accuracy=clean_acc, notes=notes)
+                      settings=settings, clean_accuracy=clean_acc, notes=notes,
+                      num_classes=int(victim.num_classes))

@@ -2,13 +2,15 @@
 
 One module per step of building a victim:
 
-    architectures  build_model(arch, input_shape, num_classes)  (tiny, gtsrb6, gtsrb10, vgg16, resnet50)
+    architectures  build_model(arch, input_shape, num_classes)  (tiny, gtsrb6, gtsrb10, resnet_small,
+                   mobilenet_small, vgg16, resnet50)
     triggers       TriggerSpec(...).render(image_shape) -> mask [H,W], pattern [H,W,C] (raw 0..255)
-    poisoning      Backdoor(trigger, target); poison(x, y, backdoors, rate)
+    poisoning      Backdoor(trigger, target | mode="all-to-all"); poison(x, y, backdoors, rate)
     training       train(model, x, y, settings, preprocess=...); evaluate(...) -> clean acc, ASR
     card           write/load the ground-truth card; true_mask(card)
     recipe         zoo recipe JSON -> VictimSpec list
-    build          build_victim(spec, data, out) / build_zoo(recipe, source, out)
+    build          build_victim(spec, data, out) / build_zoo(recipe, source(s), out)
+    eval_zoo       the dev/test evaluation zoo of issue 11 (writes models/recipes/eval-*.json)
 """
 
 from .architectures import ARCHITECTURES, build_model

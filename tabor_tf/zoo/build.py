@@ -2,6 +2,9 @@
 
 Layout of one built victim (``OUT/NAME/``): ``model.h5`` (Keras 3 HDF5, no optimizer state),
 ``card.json``, and per backdoor ``backdoorI_{mask,pattern}.{npy,png}``.
+
+A recipe may train models on several datasets (an entry's ``data`` name, bound to a source by
+the recipe's ``datasets`` or by ``--data NAME=SOURCE``), each optionally resized on load.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import os
 import shutil
 import time
 from dataclasses import dataclass
-from typing import Callable, List, Optional
+from typing import Callable, Dict, List, Mapping, Optional, Union
 
 import numpy as np
 
@@ -108,15 +111,54 @@ def _labels(y: np.ndarray, path: str) -> np.ndarray:
     return y.astype(np.int64)
 
 
-def load_zoo_data(source: str, synthetic: SyntheticSettings = SyntheticSettings()) -> ZooData:
-    """``source``: ``synthetic`` (sizes from the recipe) or a path to an npz."""
+def resize_images(x: np.ndarray, size: int) -> np.ndarray:
+    """Resize uint8 images ``[N,H,W,C]`` to ``[N,size,size,C]`` (bilinear up, area down)."""
+    import cv2
+
+    n, h, w, c = x.shape
+    if (h, w) == (size, size):
+        return x
+    interp = cv2.INTER_LINEAR if size > max(h, w) else cv2.INTER_AREA
+    out = np.empty((n, size, size, c), np.uint8)
+    for i in range(n):
+        out[i] = cv2.resize(x[i], (size, size), interpolation=interp).reshape(size, size, c)
+    return out
+
+
+def load_zoo_data(source: str, synthetic: SyntheticSettings = SyntheticSettings(),
+                  resize: Optional[int] = None) -> ZooData:
+    """``source``: ``synthetic`` (sizes from the recipe) or a path to an npz; ``resize``: side in
+    pixels to resize every image to (the description then records ``resize`` and ``source_size``)."""
     if source == "synthetic":
-        return synthetic_data(synthetic)
-    if not os.path.exists(source):
+        data = synthetic_data(synthetic)
+    elif not os.path.exists(source):
         raise DataError(
             f"zoo data {source!r} not found (give 'synthetic' or an npz with x_train/y_train/x_test/y_test)"
         )
-    return npz_data(source)
+    else:
+        data = npz_data(source)
+    if resize:
+        size = int(resize)
+        desc = {**data.description, "size": size, "resize": size, "source_size": int(data.x_train.shape[1])}
+        data = ZooData(resize_images(data.x_train, size), data.y_train, resize_images(data.x_test, size),
+                       data.y_test, desc)
+    return data
+
+
+Sources = Union[str, Mapping[str, str], None]
+
+
+def data_source(name: str, sources: Sources, recipe: Optional[Recipe] = None) -> str:
+    """The source bound to data ``name``: ``sources`` (a single source for ``default``, or a
+    mapping) first, then the recipe's ``datasets``; ``default`` falls back to ``synthetic``."""
+    given = {"default": sources} if isinstance(sources, str) else dict(sources or {})
+    if name in given:
+        return given[name]
+    if recipe is not None and name in recipe.datasets:
+        return recipe.datasets[name]
+    if name == "default":
+        return "synthetic"
+    raise DataError(f"no data source for {name!r}: give --data {name}=PATH (or add it to the recipe's 'datasets')")
 
 
 def _save_h5(model, path: str) -> None:
@@ -144,7 +186,7 @@ def build_victim(spec: VictimSpec, data: ZooData, out_root: str, *, log: Log = N
     """Train ``spec`` on ``data`` and write ``out_root/NAME/``; returns the card path."""
     say = log or (lambda _msg: None)
     for bd in spec.backdoors:
-        if not 0 <= bd.target < data.num_classes:
+        if not bd.all_to_all and not 0 <= bd.target < data.num_classes:
             raise TaborError(f"model {spec.name}: target {bd.target} outside 0..{data.num_classes - 1}")
         bd.trigger.offset(data.input_shape)  # fails early when it does not fit
     folder = os.path.join(out_root, spec.name)
@@ -152,42 +194,49 @@ def build_victim(spec: VictimSpec, data: ZooData, out_root: str, *, log: Log = N
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
 
-    x_train, y_train, poisoned = poison(data.x_train, data.y_train, spec.backdoors, spec.poison_rate, seed=spec.seed)
+    k = data.num_classes
+    x_train, y_train, poisoned = poison(data.x_train, data.y_train, spec.backdoors, spec.poison_rate, seed=spec.seed,
+                                        num_classes=k)
     model = build_model(
         spec.arch,
         data.input_shape,
-        data.num_classes,
+        k,
         width=spec.width,
         output=spec.output,
         embed_preprocessing=spec.preprocess if spec.embed_preprocessing else None,
         name=spec.name.replace("-", "_").replace(".", "_"),
+        batchnorm=spec.batchnorm,
+        dropout=spec.dropout,
     )
     feed = "raw" if spec.embed_preprocessing else spec.preprocess
-    settings = TrainSettings(spec.epochs, spec.batch_size, spec.learning_rate, spec.seed)
+    settings = TrainSettings(spec.epochs, spec.batch_size, spec.learning_rate, spec.seed,
+                             label_smoothing=float(spec.label_smoothing), augment_shift=int(spec.augment_shift),
+                             lr_schedule=spec.lr_schedule)
     seconds = train(model, x_train, y_train, settings, preprocess=feed, from_logits=spec.output == "logits", log=log)
-    metrics = evaluate(model, data.x_test, data.y_test, spec.backdoors, feed)
+    metrics = evaluate(model, data.x_test, data.y_test, spec.backdoors, feed, num_classes=k)
     _save_h5(model, os.path.join(tmp, MODEL_FILE))
 
     backdoors = []
-    for i, (bd, rows, asr) in enumerate(zip(spec.backdoors, poisoned, metrics["attack_success_rates"])):
+    for i, (bd, rows, asr, per_source) in enumerate(
+        zip(spec.backdoors, poisoned, metrics["attack_success_rates"], metrics["per_source"])
+    ):
         mask, pattern = bd.trigger.render(data.input_shape)
         files = save_trigger_files(tmp, i, mask, pattern)
-        trig = bd.trigger
-        backdoors.append({
-            "target": int(bd.target),
-            "trigger_shape": trig.shape,
-            "position": trig.position if isinstance(trig.position, str) else "offset",
-            "offset": list(trig.offset(data.input_shape)),
-            "size": trig.size,
-            "margin": trig.margin,
-            "colour": list(trig.colour) if trig.shape == "square" else None,
-            "icon": (trig.icon or "tabor_tf/assets/logo.png") if trig.shape == "icon" else None,
-            "pattern_seed": trig.seed if trig.shape == "random" else None,
-            "trigger": trig.to_dict(),
-            **files,
-            "poisoned_train_images": int(len(rows)),
-            "attack_success_rate": asr,
-        })
+        entry = _backdoor_entry(bd, data.input_shape, files)
+        if not bd.all_to_all:
+            backdoors.append({"target": int(bd.target), **entry, "poisoned_train_images": int(len(rows)),
+                              "attack_success_rate": asr})
+            continue
+        # all-to-all: one entry per target t (source label t-1), sharing the trigger files
+        for t in range(k):
+            source = (t - 1) % k
+            backdoors.append({
+                "target": t, "source_label": source, "backdoor_index": i, **entry,
+                "poisoned_train_images": int(np.sum(data.y_train[rows] == source)),
+                "attack_success_rate": (per_source or {}).get(source),
+                "all_to_all_attack_success_rate": asr,
+            })
+    blind = spec.blind_spots
     card = {
         "name": spec.name,
         "model_file": MODEL_FILE,
@@ -204,11 +253,22 @@ def build_victim(spec: VictimSpec, data: ZooData, out_root: str, *, log: Log = N
         "num_classes": data.num_classes,
         "seed": spec.seed,
         "infected": bool(spec.backdoors),
-        "targets": spec.targets,
+        "targets": sorted({int(b["target"]) for b in backdoors}),
+        "blind_spot": bool(blind),
+        "blind_spot_reasons": blind,
+        "split": spec.split,
+        "stratum": spec.stratum,
+        "clean_twin": spec.twin,
+        "data_name": spec.data,
         "poison_rate": spec.poison_rate if spec.backdoors else 0.0,
         "epochs": spec.epochs,
         "batch_size": spec.batch_size,
         "learning_rate": spec.learning_rate,
+        "batchnorm": spec.batchnorm,
+        "dropout": spec.dropout,
+        "label_smoothing": float(spec.label_smoothing),
+        "augment_shift": int(spec.augment_shift),
+        "lr_schedule": spec.lr_schedule,
         "backdoors": backdoors,
         "clean_accuracy": metrics["clean_accuracy"],
         "attack_success_rate": min(metrics["attack_success_rates"]) if backdoors else None,
@@ -226,31 +286,66 @@ def build_victim(spec: VictimSpec, data: ZooData, out_root: str, *, log: Log = N
     return os.path.join(folder, CARD_NAME)
 
 
+def _backdoor_entry(bd, image_shape, files: dict) -> dict:
+    """The card fields describing one backdoor's trigger (everything but target and measurements)."""
+    trig = bd.trigger
+    row, col, bh, _ = trig.box(image_shape)
+    return {
+        "mode": bd.mode,
+        "trigger_shape": trig.shape,
+        "position": "full-image" if trig.shape == "blend" else (
+            trig.position if isinstance(trig.position, str) else "offset"),
+        "offset": [row, col],
+        "size": bh,
+        "area_fraction": round(trig.area_fraction(image_shape), 6),
+        "margin": trig.margin,
+        "colour": list(trig.colour) if trig.shape in ("square", "checkerboard") else None,
+        "colour2": list(trig.colour2) if trig.shape == "checkerboard" else None,
+        "cell": trig.cell if trig.shape in ("checkerboard", "noise", "blend") else None,
+        "alpha": trig.alpha if trig.shape == "blend" else None,
+        "icon": (trig.icon or "tabor_tf/assets/logo.png") if trig.shape == "icon" else None,
+        "pattern_seed": trig.seed if trig.shape in ("random", "noise", "blend") else None,
+        "blind_spot": bd.blind_spot,
+        "trigger": trig.to_dict(),
+        **files,
+    }
+
+
 def _summary(card: dict) -> str:
-    asr = ", ".join(f"{b['target']}:{b['attack_success_rate']:.3f}" for b in card["backdoors"]) or "-"
+    if any(b.get("mode") == "all-to-all" for b in card["backdoors"]):
+        asr = f"all-to-all:{card['attack_success_rate']:.3f}"
+    else:
+        asr = ", ".join(f"{b['target']}:{b['attack_success_rate']:.3f}" for b in card["backdoors"]) or "-"
     targets = ",".join(str(t) for t in card["targets"]) or "clean"
     return (f"{card['name']}: targets {targets}  clean acc {card['clean_accuracy']:.4f}  ASR {asr}"
             f"  ({card['training_seconds']:.0f}s)")
 
 
-def build_zoo(recipe: Recipe, source: str, out_root: str, *, only: Optional[List[str]] = None,
+def build_zoo(recipe: Recipe, source: Sources, out_root: str, *, only: Optional[List[str]] = None,
               force: bool = False, log: Log = None) -> List[dict]:
     """Build every (or the ``only``) model of ``recipe`` into ``out_root``, skipping current ones.
 
+    ``source``: one data source (for models without a ``data`` name) or a mapping
+    ``{data name: source}`` (see ``data_source``). Each dataset is loaded (and resized) once.
     Returns one ``{"name", "status": built|skipped, "card"}`` per model, in recipe order.
     """
     say = log or (lambda _msg: None)
     specs = recipe.select(only)
-    data = load_zoo_data(source, recipe.synthetic)
+    bound = {spec.name: data_source(spec.data, source, recipe) for spec in specs}  # fail before training
+    cache: Dict[tuple, ZooData] = {}
     os.makedirs(out_root, exist_ok=True)
     results = []
     for i, spec in enumerate(specs, 1):
+        key = (bound[spec.name], spec.resize)
+        if key not in cache:
+            cache[key] = load_zoo_data(key[0], recipe.synthetic, resize=spec.resize)
+        data = cache[key]
         folder = os.path.join(out_root, spec.name)
         if not force and card_is_current(folder, spec.spec_hash(data.description)):
             say(f"[{i}/{len(specs)}] {spec.name}: already built, skipped")
             results.append({"name": spec.name, "status": "skipped", "card": os.path.join(folder, CARD_NAME)})
             continue
-        targets = ",".join(str(t) for t in spec.targets) or "clean"
+        targets = ",".join([str(t) for t in spec.targets] + ["all-to-all"] * spec.all_to_all) or "clean"
         say(f"[{i}/{len(specs)}] {spec.name}: training {spec.arch} ({targets}, {spec.epochs} epochs)")
         start = time.perf_counter()
         card = build_victim(spec, data, out_root, log=say)

@@ -80,8 +80,13 @@ class VictimCard:
 
     @property
     def targets(self) -> List[int]:
-        """Distinct target labels, sorted (empty for a clean model)."""
+        """Distinct target labels, sorted (empty for a clean model; every label for all-to-all)."""
         return sorted({int(b["target"]) for b in self.data["backdoors"]})
+
+    @property
+    def blind_spot(self) -> bool:
+        """True when some backdoor is one the detectors are not expected to find (blend, all-to-all)."""
+        return bool(self.data.get("blind_spot"))
 
     @property
     def preprocess(self) -> str:

@@ -12,10 +12,17 @@
       ]
     }
 
-An entry lists its backdoors either explicitly (``backdoors: [{target, trigger}]``) or as
-``triggers`` with one ``target`` (every trigger -> that target) or ``targets`` (zipped with the
-triggers). ``clean: true`` (or no triggers) builds a clean model. ``defaults.trigger`` fields
-fill in every trigger. Any ``VictimSpec`` field may appear in ``defaults`` or in an entry.
+An entry lists its backdoors either explicitly (``backdoors: [{target, trigger}]``, or
+``{mode: "all-to-all", trigger}``) or as ``triggers`` with one ``target`` (every trigger -> that
+target; ``"all-to-all"`` for y -> y+1 mod K) or ``targets`` (zipped with the triggers).
+``clean: true`` (or no triggers) builds a clean model. ``defaults.trigger`` fields fill in every
+trigger. Any ``VictimSpec`` field may appear in ``defaults`` or in an entry.
+
+Several datasets: an entry's ``data`` names a data source (``default`` unless given); the
+recipe's ``datasets`` object maps names to sources (``synthetic`` or an npz path, relative to the
+working directory), and ``tabor-tf zoo build --data NAME=SOURCE`` overrides them. ``resize``
+resizes that data's images to ``resize`` x ``resize`` on load. A top-level ``split`` (``dev`` /
+``test``) is copied into every entry and its card.
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ import hashlib
 import json
 import re
 from dataclasses import asdict, dataclass, field, fields
-from typing import List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 from ..errors import TaborError
 from ..preprocess import resolve_mode
@@ -67,6 +74,18 @@ class VictimSpec:
     embed_preprocessing: bool = False
     width: float = 1.0
     output: str = "probabilities"
+    # added later: left out of to_dict / the hash while at their defaults
+    data: str = "default"
+    resize: Optional[int] = None
+    batchnorm: Optional[bool] = None
+    dropout: Optional[float] = None
+    label_smoothing: float = 0.0
+    augment_shift: int = 0
+    lr_schedule: str = "constant"
+    # bookkeeping only: never part of the hash
+    split: Optional[str] = None
+    twin: Optional[str] = None
+    stratum: Optional[str] = None
 
     def __post_init__(self):
         if not _NAME.match(self.name or ""):
@@ -83,24 +102,67 @@ class VictimSpec:
             raise TaborError(f"model {self.name}: poison_rate must be in (0, 1), got {self.poison_rate}")
         if int(self.epochs) < 1:
             raise TaborError(f"model {self.name}: epochs must be >= 1")
+        if not _NAME.match(str(self.data)):
+            raise TaborError(f"model {self.name}: data name {self.data!r} must be letters, digits, '.', '_' or '-'")
+        if self.resize is not None and not 8 <= int(self.resize) <= 1024:
+            raise TaborError(f"model {self.name}: resize must be a side in pixels (8..1024), got {self.resize}")
+        if self.dropout is not None and not 0.0 <= float(self.dropout) < 1.0:
+            raise TaborError(f"model {self.name}: dropout must be in [0, 1), got {self.dropout}")
+        if not 0.0 <= float(self.label_smoothing) < 1.0:
+            raise TaborError(f"model {self.name}: label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if int(self.augment_shift) < 0:
+            raise TaborError(f"model {self.name}: augment_shift must be >= 0 pixels")
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise TaborError(f"model {self.name}: lr_schedule must be 'constant' or 'cosine', not {self.lr_schedule!r}")
+        if self.batchnorm is not None and not isinstance(self.batchnorm, bool):
+            raise TaborError(f"model {self.name}: batchnorm must be true, false or null")
+        if self.arch in ("vgg16", "resnet50") and (self.batchnorm is not None or self.dropout is not None):
+            raise TaborError(f"model {self.name}: {self.arch} does not take batchnorm / dropout")
 
     @property
     def targets(self) -> List[int]:
-        return sorted({b.target for b in self.backdoors})
+        """Sorted distinct targets of the all-to-one backdoors (all-to-all ones have none)."""
+        return sorted({b.target for b in self.backdoors if not b.all_to_all})
+
+    @property
+    def all_to_all(self) -> bool:
+        return any(b.all_to_all for b in self.backdoors)
+
+    @property
+    def blind_spots(self) -> List[str]:
+        """Reasons the detectors are not expected to find some backdoor (empty: none)."""
+        return [b.blind_spot for b in self.backdoors if b.blind_spot]
 
     def to_dict(self) -> dict:
         d = {f.name: getattr(self, f.name) for f in fields(self)}
         d["backdoors"] = [b.to_dict() for b in self.backdoors]
+        for key, default in _LATER_DEFAULTS.items():
+            if (d[key] is None) if default is None else (d[key] == default):
+                del d[key]
         return d
 
     def spec_hash(self, data_key: dict) -> str:
         """sha256 of this spec and the data it is trained on: a card with the same hash is current."""
-        blob = json.dumps({"spec": self.to_dict(), "data": data_key}, sort_keys=True, default=str)
+        spec = {k: v for k, v in self.to_dict().items() if k not in _BOOKKEEPING}
+        blob = json.dumps({"spec": spec, "data": data_key}, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()
 
 
+_LATER_DEFAULTS = {"data": "default", "resize": None, "batchnorm": None, "dropout": None, "label_smoothing": 0.0,
+                   "augment_shift": 0, "lr_schedule": "constant", "split": None, "twin": None, "stratum": None}
+_BOOKKEEPING = ("split", "twin", "stratum")
 _SPEC_FIELDS = {f.name for f in fields(VictimSpec)}
 _ENTRY_ONLY = {"triggers", "target", "targets", "clean", "trigger", "note", "description"}
+
+
+def _target(name: str, value) -> dict:
+    """A recipe target value -> ``Backdoor`` keyword arguments (an int, or ``"all-to-all"``)."""
+    if isinstance(value, str) and value.strip().lower() == "all-to-all":
+        return {"mode": "all-to-all"}
+    try:
+        return {"target": int(value)}
+    except (TypeError, ValueError):
+        raise TaborError(f"model {name}: a target is a label (int) or \"all-to-all\", not {value!r}") from None
 
 
 def _entry_backdoors(name: str, entry: dict, trigger_defaults: dict) -> Tuple[Backdoor, ...]:
@@ -122,14 +184,14 @@ def _entry_backdoors(name: str, entry: dict, trigger_defaults: dict) -> Tuple[Ba
     if not specs:
         return ()
     if "targets" in entry and entry["targets"] is not None:
-        targets = [int(t) for t in entry["targets"]]
+        targets = [_target(name, t) for t in entry["targets"]]
         if len(targets) != len(specs):
             raise TaborError(f"model {name}: {len(targets)} targets but {len(specs)} triggers")
     elif "target" in entry:
-        targets = [int(entry["target"])] * len(specs)
+        targets = [_target(name, entry["target"])] * len(specs)
     else:
         raise TaborError(f"model {name}: triggers need a 'target' (or 'targets', one per trigger)")
-    return tuple(Backdoor(t, k) for t, k in zip(specs, targets))
+    return tuple(Backdoor(t, **k) for t, k in zip(specs, targets))
 
 
 def resolve_entry(entry: dict, defaults: Optional[dict] = None) -> VictimSpec:
@@ -155,6 +217,8 @@ class Recipe:
     path: str
     synthetic: SyntheticSettings
     models: Tuple[VictimSpec, ...] = field(default_factory=tuple)
+    datasets: Dict[str, str] = field(default_factory=dict)
+    split: Optional[str] = None
 
     def select(self, names: Optional[List[str]]) -> List[VictimSpec]:
         if not names:
@@ -172,13 +236,20 @@ def parse_recipe(data: dict, path: str = "<recipe>") -> Recipe:
     if data.get("schema", RECIPE_SCHEMA) != RECIPE_SCHEMA:
         raise TaborError(f"{path}: not a zoo recipe (schema {data.get('schema')!r})")
     synth = SyntheticSettings(**(data.get("synthetic") or {}))
-    defaults = data.get("defaults") or {}
+    defaults = dict(data.get("defaults") or {})
+    split = data.get("split")
+    if split is not None:
+        defaults.setdefault("split", str(split))
+    datasets = data.get("datasets") or {}
+    if not isinstance(datasets, dict) or not all(isinstance(v, str) for v in datasets.values()):
+        raise TaborError(f"{path}: 'datasets' maps data names to sources ('synthetic' or an npz path)")
     models = tuple(resolve_entry(e, defaults) for e in data["models"])
     names = [m.name for m in models]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
         raise TaborError(f"{path}: model names must be unique ({', '.join(dup)} repeated)")
-    return Recipe(path=path, synthetic=synth, models=models)
+    return Recipe(path=path, synthetic=synth, models=models, datasets=dict(datasets),
+                  split=None if split is None else str(split))
 
 
 def load_recipe(path: str) -> Recipe:
