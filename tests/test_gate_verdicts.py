@@ -260,3 +260,28 @@ def test_cli_stderr_has_no_tensorflow_start_up_lines(tmp_path):
                           cwd=tmp_path, env=env, timeout=300)
     assert proc.returncode == 0 and re.search(r"^classes\s+43$", proc.stdout, re.M)
     assert proc.stderr == ""
+
+
+def test_auto_label_order_follows_the_model_when_folders_are_unpadded(tmp_path):
+    """43 class folders named 0..42: Keras's string order would put 10 before 2; the demo model was
+    trained with label = class number, so auto takes int(name), by clean accuracy, and says so."""
+    import cv2
+
+    from tabor_tf.compare import find_demo_dir
+    from tabor_tf.errors import DataError
+    from tabor_tf.scanning import prepare
+    from tabor_tf.synthetic import make_signs
+
+    x, y = make_signs(172, seed=90_210, size=32, num_classes=43)
+    root = tmp_path / "signs"
+    for i, (img, label) in enumerate(zip(x, y)):
+        folder = root / str(int(label))
+        folder.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(folder / f"{i:04d}.png"), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+    model = find_demo_dir() / "clean" / "model.h5"
+    prepared = prepare(model, root, preprocess="unit", max_samples=0)
+    assert prepared.data.label_order == "numeric" and prepared.check.clean_accuracy > 0.9
+    assert any("labelled by int(folder name)" in n for n in prepared.data.notes)
+    assert prepared.context(0).data["label_order"] == "numeric"
+    with pytest.raises(DataError, match=r"below the floor.*--label-order"):
+        prepare(model, root, preprocess="unit", max_samples=0, label_order="keras")
