@@ -206,13 +206,16 @@ def scan(
     seed: int = 0,
     progress: ProgressFn = None,
     checkpoint_dir=None,
+    deadline: Optional[float] = None,
 ) -> ScanResult:
     """Run Neural Cleanse on ``victim`` with clean ``data`` (raw 0..255) -> ``ScanResult``.
 
     ``preprocess``: the model's input mode (``tabor_tf.preprocess``); ``labels``: labels to scan
     (default all, at least 3 for the MAD test); ``config``: ``NCConfig`` (default preset ``gtsrb``);
     ``checkpoint_dir``: keep each finished label there and reuse it on a re-run with the same
-    settings, model and data.
+    settings, model and data. ``deadline`` (``time.monotonic()`` seconds): start no label whose
+    expected time (the slowest label so far) would end after it, once 3 labels are done (the MAD
+    test's minimum); the labels not reached make the result partial (``ScanResult.time_limited``).
     """
     cfg = config if config is not None else preset("gtsrb")
     mode = resolve_mode(preprocess)
@@ -251,8 +254,16 @@ def scan(
     if cfg.scheduler == "retire":
         final_order, retired = _warm_up_and_retire(cfg, order, run_label, checkpoint_dir, notes)
         results.update(retired)
+    time_limited = None
+    slowest = 0.0
     for done, label in enumerate(final_order, start=len(results)):
+        if deadline is not None and len(results) >= 3 and time.monotonic() + slowest > deadline:
+            time_limited = (f"the time budget ended the scan after {len(results)} of {total} labels"
+                            f" (the rest were not started)")
+            break
+        t_label = time.monotonic()
         result = run_label(label, done)
+        slowest = max(slowest, time.monotonic() - t_label)
         if not result.parts.get("reached_threshold", True):
             notes.append(
                 f"label {label}: no mask reached attack success {cfg.attack_success_threshold}; "
@@ -275,4 +286,5 @@ def scan(
         clean_accuracy=_clean_accuracy(victim, x, y, mode),
         notes=notes,
         num_classes=int(victim.num_classes),
+        time_limited=time_limited,
     )

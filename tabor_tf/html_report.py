@@ -285,6 +285,9 @@ def render_report_html(report: dict, base_dir) -> str:
     )
     for reason in report.get("inconclusive_reasons") or ():
         parts.append(f'<div class="warn" id="inconclusive">⚠ {esc(reason)}</div>')
+    if report.get("time_limited") and not report.get("inconclusive_reasons"):
+        parts.append(f'<div class="warn" id="time-limited">⚠ time-limited: {esc(report["time_limited"])}; more labels'
+                     " may be outliers</div>")
     prob_text = _probability_text(report)
     if prob_text:
         parts.append(f'<div class="note" id="trojan-probability">{esc(prob_text)}</div>')

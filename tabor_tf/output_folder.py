@@ -6,7 +6,8 @@ method, seed, labels, data, preprocessing, preset and overrides). ``claim`` deci
 model is loaded, whether a scan may use a folder:
 
 * missing, empty, or holding none of the files a scan writes: yes;
-* an interrupted scan (checkpoint, no ``report.json``) with the same identity: yes, it resumes;
+* an interrupted scan (checkpoint, no ``report.json``, or a report cut short by ``--time-budget``)
+  with the same identity: yes, it resumes;
 * anything else (a finished report, another scan's checkpoint, stale label files): refused with
   exit 2 and the reason, unless ``overwrite``; then the old scan files (and only those) are removed
   first, so no stale per-label file survives beside the new ones.
@@ -76,9 +77,19 @@ def write_identity(folder, identity: dict) -> None:
 def is_resumable(folder, identity: Optional[dict]) -> bool:
     """``folder`` holds an interrupted scan (checkpoint, no report.json) of exactly ``identity``."""
     folder = Path(folder)
-    if (folder / "report.json").exists() or not (folder / CHECKPOINT_DIR).is_dir():
+    if not (folder / CHECKPOINT_DIR).is_dir() or identity is None:
         return False
-    return identity is not None and read_identity(folder) == _normalised(identity)
+    if (folder / "report.json").exists() and not _time_limited_report(folder):
+        return False
+    return read_identity(folder) == _normalised(identity)
+
+
+def _time_limited_report(folder: Path) -> bool:
+    """The report in ``folder`` was cut short by ``--time-budget`` (its search can go on)."""
+    try:
+        return bool(json.loads((folder / "report.json").read_text(encoding="utf-8")).get("time_limited"))
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def _normalised(identity: dict) -> dict:
@@ -150,8 +161,10 @@ def unique_out_dir(base, *, resume_interrupted: bool = True, identity: Optional[
         candidate = base if n == 1 else base.with_name(f"{base.name}-{n}")
         if not candidate.exists():
             return candidate
-        if resume_interrupted and (candidate / CHECKPOINT_DIR).is_dir() and not (candidate / "report.json").exists():
-            if identity is None or is_resumable(candidate, identity):
+        if resume_interrupted:
+            if identity is not None and is_resumable(candidate, identity):
+                return candidate
+            if identity is None and (candidate / CHECKPOINT_DIR).is_dir() and not (candidate / "report.json").exists():
                 return candidate
         n += 1
 

@@ -240,6 +240,7 @@ def build_report(scan: ScanResult, context: ReportContext, label_files: Optional
         "settings": dict(scan.settings),
         "verdict": scan.verdict,
         "inconclusive_reasons": list(scan.inconclusive_reasons),
+        "time_limited": scan.time_limited,
         "coverage": {
             "labels_scanned": len(scan.labels),
             "num_classes": None if scan.num_classes is None else int(scan.num_classes),

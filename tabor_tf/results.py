@@ -61,6 +61,7 @@ class ScanResult:
     notes: list = field(default_factory=list)
     num_classes: Optional[int] = None  # the model's class count (to tell a partial scan from a full one)
     inconclusive: list = field(default_factory=list)  # reasons no verdict can be given (e.g. low clean accuracy)
+    time_limited: Optional[str] = None  # how a deadline (--time-budget) cut the scan short; None: it did not
 
     @property
     def partial(self) -> bool:
@@ -72,14 +73,20 @@ class ScanResult:
         """Why this scan gives no clean / infected verdict: the stored reasons, plus partial coverage."""
         reasons = list(self.inconclusive)
         if self.partial:
+            why = "the time budget ended the scan" if self.time_limited else "--labels"
             reasons.append(
-                f"partial scan: {len(self.labels)} of {int(self.num_classes)} labels were scanned (--labels); the"
+                f"partial scan: {len(self.labels)} of {int(self.num_classes)} labels were scanned ({why}); the"
                 " labels not scanned were not looked at and a MAD test over a subset is not a verdict")
+        elif self.time_limited and not self.mad.flagged_labels:
+            reasons.append(f"{self.time_limited}; no label is an outlier yet, but a complete search may still"
+                           " find one (rerun the same command, with more time, to resume it)")
         return reasons
 
     @property
     def verdict(self) -> str:
-        """``inconclusive`` (see ``inconclusive_reasons``), else ``infected`` / ``clean`` by the MAD test."""
+        """``inconclusive`` (see ``inconclusive_reasons``), else ``infected`` / ``clean`` by the MAD test.
+        A time-limited scan that flags a label is ``infected`` (its evidence is already there); one that
+        flags none is ``inconclusive``, never ``clean``."""
         if self.inconclusive_reasons:
             return "inconclusive"
         return "infected" if self.mad.flagged_labels else "clean"

@@ -387,6 +387,7 @@ def run_scan(
     extra: Optional[dict] = None,
     execution=None,
     allow_low_accuracy: bool = False,
+    deadline: Optional[float] = None,
 ) -> tuple:
     """Scan one model with one method -> ``(ScanResult, report_dict)``.
 
@@ -399,7 +400,8 @@ def run_scan(
     (``tabor_tf.distribute.Execution``; default: the one set by ``distribute.using``, else the
     default strategy in float32); both detectors run in its strategy's scope.
     ``allow_low_accuracy``: scan below the clean-accuracy floor (verdict ``inconclusive``) instead
-    of raising ``DataError``.
+    of raising ``DataError``. ``deadline`` (``time.monotonic()`` seconds, ``--time-budget``): the
+    detector ends its search in time and says so (``ScanResult.time_limited``); never ``clean`` then.
     """
     key = method_key(method)
     if prepared is None:
@@ -431,6 +433,7 @@ def run_scan(
             seed=int(seed),
             progress=progress,
             checkpoint_dir=checkpoint_dir,
+            deadline=deadline,
             **({"strategy": execution.strategy} if key == "tabor" else {}),
         )
     reason = low_accuracy_reason(prepared.check)

@@ -191,6 +191,8 @@ def verdict_line(report: dict) -> str:
     coverage = report.get("coverage") or {}
     if coverage.get("partial"):
         text += f"  PARTIAL: {coverage.get('labels_scanned')} of {coverage.get('num_classes')} labels scanned"
+    if report.get("time_limited"):
+        text += "  TIME-LIMITED"
     return text
 
 
@@ -204,6 +206,8 @@ def summary_lines(report: dict, report_path: Optional[str] = None, html_path: Op
     lines = [verdict_line(report)]
     for reason in report.get("inconclusive_reasons") or ():
         lines.append(f"why              {reason}")
+    if report.get("time_limited") and not report.get("inconclusive_reasons"):
+        lines.append(f"time-limited     {report['time_limited']}; more labels may be outliers (rerun to resume)")
     lines += [
         f"{'candidate labels' if inconclusive else 'flagged labels  '} {', '.join(map(str, flagged)) if flagged else 'none'}",
         f"anomaly index    {_index_text(report.get('anomaly_index'))}  (threshold {float(mad.get('threshold') or 2.0):g})",

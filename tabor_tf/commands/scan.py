@@ -66,6 +66,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="settings preset (TABOR: gtsrb, imagenet, fast; NC: gtsrb, reference-defaults)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override one setting of the preset (repeatable), e.g. --set steps=200")
+    parser.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
+                        help="end the scan within SECONDS (counted from the start, loading included) with the "
+                             "best verdict reached by then, marked time-limited: infected if a label is already an "
+                             "outlier, else inconclusive (exit 3); the same command resumes the search")
     parser.add_argument("--json", action="store_true",
                         help="print report.json to stdout (the summary then goes to stderr)")
     parser.add_argument("--no-html", action="store_true", help="do not write report.html")
@@ -103,6 +107,7 @@ def run(args) -> int:
 
 
 def _run(args) -> int:
+    started_at = time.monotonic()
     from ..cli import exit_for_verdict
     from ..errors import TaborError
     from ..output_folder import claim, default_out_dir
@@ -125,6 +130,11 @@ def _run(args) -> int:
         raise TaborError("--max-samples must be >= 0")
     if args.seeds < 1:
         raise TaborError(f"--seeds must be >= 1, got {args.seeds}")
+    if args.time_budget is not None and not args.time_budget > 0:
+        raise TaborError(f"--time-budget must be a positive number of seconds, got {args.time_budget}")
+    if args.time_budget is not None and args.seeds > 1:
+        raise TaborError("--time-budget applies to one scan; it cannot be combined with --seeds")
+    deadline = None if args.time_budget is None else started_at + float(args.time_budget)
     resolve_mode(args.preprocess)
     if args.preset is not None:
         make_config(method, args.preset, overrides)
@@ -153,7 +163,8 @@ def _run(args) -> int:
     bar = ProgressBar("TABOR" if method == "tabor" else "Neural Cleanse", stream=info, quiet=args.quiet)
     with bar:
         _, report = run_scan(method=method, labels=labels, seed=args.seed, preset=args.preset, overrides=overrides,
-                             out_dir=out_dir, progress=bar, prepared=prepared, html=not args.no_html)
+                             out_dir=out_dir, progress=bar, prepared=prepared, html=not args.no_html,
+                             deadline=deadline)
     report_path = str(out_dir) + "/report.json"
     html_path = None if args.no_html else str(out_dir) + "/report.html"
     if args.json:

@@ -30,7 +30,7 @@ from tabor_tf.progress import ProgressFn, emit
 from tabor_tf.results import LabelResult, ScanResult
 
 from . import quality
-from .engine import EngineResult, TriggerEngine
+from .engine import TIME_BUDGET, EngineResult, TriggerEngine
 from .explain import TriggerEvaluator
 from .presets import TERM_NAMES, TaborConfig, default_preset_for, preset
 
@@ -162,15 +162,28 @@ def score_triggers(victim, x, y_ref, result: EngineResult, config: TaborConfig, 
     return out
 
 
+def scoring_reserve(num_labels: int, eval_images: int):
+    """``images_per_second -> seconds`` to keep free for ``score_triggers`` after a deadline-bound
+    search: per label and evaluation image about two engine image-steps (attack, crop, saliency
+    forward + backward, important-features pass), doubled for safety, plus a second."""
+    def reserve(images_per_second: float) -> float:
+        return 2.0 * 2.0 * num_labels * eval_images / max(images_per_second, 1.0) + 1.0
+
+    return reserve
+
+
 def scan(victim, data, *, preprocess: str, labels: Optional[Sequence[int]] = None,
          config: Optional[TaborConfig] = None, seed: int = 0, progress: ProgressFn = None,
-         checkpoint_dir=None, strategy=None) -> ScanResult:
+         checkpoint_dir=None, strategy=None, deadline: Optional[float] = None) -> ScanResult:
     """Scan ``victim`` with TABOR on the clean ``data`` (``CleanData`` or an array ``[N,H,W,C]`` raw).
 
     ``preprocess``: the mode that maps raw pixels to the model's input (not ``auto``).
     ``labels``: candidate targets (default all). ``config``: a ``TaborConfig`` (default: the
     ``gtsrb`` preset for inputs up to 64 px, ``imagenet`` above). ``strategy``: a
     ``tf.distribute`` strategy whose scope holds the variables (default: the current one).
+    ``deadline`` (``time.monotonic()`` seconds): end the trigger search in time to score the
+    triggers by then; labels cut short stop with ``time_budget`` and the result says so
+    (``ScanResult.time_limited``); the engine state is kept so the same scan resumes.
     """
     started = time.perf_counter()
     mode = resolve_mode(preprocess)
@@ -188,10 +201,12 @@ def scan(victim, data, *, preprocess: str, labels: Optional[Sequence[int]] = Non
     else:
         engine = TriggerEngine(victim.logits, x, y_ref, chosen, config, preprocess=mode, seed=seed, strategy=strategy)
         state_path = Path(checkpoint_dir) / STATE_FILE if checkpoint_dir else None
-        result = engine.run(progress, method=METHOD, checkpoint_path=state_path, fingerprint=fingerprint)
+        reserve = scoring_reserve(len(chosen), int(min(len(x), config.eval_images)))
+        result = engine.run(progress, method=METHOD, checkpoint_path=state_path, fingerprint=fingerprint,
+                            deadline=deadline, reserve=reserve)
         if result.resumed_at_step:
             notes.append(f"trigger search resumed at step {result.resumed_at_step} from {state_path}")
-        if checkpoint_dir:
+        if checkpoint_dir and not result.time_limited:  # a cut search stays resumable, never reused as done
             save_triggers(checkpoint_dir, result, fingerprint)
             state_path.unlink(missing_ok=True)
     scores = score_triggers(victim, x, y_ref, result, config, mode, seed)
@@ -216,6 +231,11 @@ def scan(victim, data, *, preprocess: str, labels: Optional[Sequence[int]] = Non
                     eval_images_used=int(min(len(x), config.eval_images)), image_steps=int(result.image_steps),
                     optimise_seconds=float(result.wall_seconds),
                     images_per_second=float(result.images_per_second))
+    time_limited = None
+    if getattr(result, "time_limited", False):
+        cut = sum(r == TIME_BUDGET for r in result.stop_reasons)
+        time_limited = (f"the time budget ended the trigger search at step {int(np.max(result.steps))} of"
+                        f" {int(config.steps)} with {cut} of {len(chosen)} labels still optimising")
     return ScanResult(method=METHOD, labels=label_results, mad=mad, seconds=time.perf_counter() - started,
-                      settings=settings, clean_accuracy=clean_acc, notes=notes,
+                      settings=settings, clean_accuracy=clean_acc, notes=notes, time_limited=time_limited,
                       num_classes=int(victim.num_classes))

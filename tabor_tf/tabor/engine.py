@@ -58,6 +58,7 @@ from . import scheduler as sched
 from .presets import TaborConfig
 
 KERAS_EPSILON = 1e-7
+TIME_BUDGET = "time_budget"  # stop reason of labels a deadline (--time-budget) cut short
 N_SUMS = 8  # attack CE, 6 terms, attack hits
 
 
@@ -158,6 +159,7 @@ class EngineResult:
     wall_seconds: float
     history: list = field(default_factory=list)  # per round: {"round", "active", "success", ...}
     resumed_at_step: int = 0  # > 0: this run continued a saved state from that step
+    time_limited: bool = False  # the deadline ended the search before every label stopped
 
     @property
     def images_per_second(self) -> float:
@@ -451,12 +453,15 @@ class TriggerEngine:
         return True
 
     def run(self, progress: ProgressFn = None, method: str = "tabor", *, checkpoint_path=None,
-            fingerprint: str = "") -> EngineResult:
+            fingerprint: str = "", deadline: Optional[float] = None,
+            reserve: Optional[Callable[[float], float]] = None) -> EngineResult:
         """Rounds until every label converged, was retired or ran ``config.steps`` steps.
 
         ``checkpoint_path``: resume from this state file when it holds the same ``fingerprint``,
         and save the state there at most every ``config.checkpoint_seconds`` (at round ends) and
-        at the end.
+        at the end. ``deadline`` (``time.monotonic()`` seconds): start no round that would end
+        after it; ``reserve(images_per_second)``: seconds to keep free before the deadline for what
+        follows the search (the scoring). Labels still running then stop with ``time_budget``.
         """
         k = len(self.labels)
         every = float(getattr(self.config, "checkpoint_seconds", 30.0))
@@ -467,10 +472,22 @@ class TriggerEngine:
                  step=self.steps_done, max_steps=int(self.config.steps), label=None,
                  message=f"resumed the trigger search at step {self.steps_done} from {checkpoint_path}")
         start = time.perf_counter() - self.elapsed
+        self.elapsed_at_run = self.elapsed
         last_save = time.perf_counter()
+        time_limited = False
+        round_seconds, images_before, rounds_here = 0.0, self.image_steps, 0
         while self.steps_done < self.config.steps and self.state.active.numpy().any():
+            if deadline is not None and rounds_here:  # one round of this run measures the speed first
+                ips = (self.image_steps - images_before) / max(time.perf_counter() - start - self.elapsed_at_run, 1e-6)
+                spare = (reserve(ips) if reserve is not None else 0.0) + round_seconds
+                if time.monotonic() + spare > deadline:
+                    time_limited = True
+                    break
             before = self.state.active.numpy()
+            round_start = time.perf_counter()
             self.history.append(self.run_round())
+            rounds_here += 1
+            round_seconds = max(round_seconds * 0.5, time.perf_counter() - round_start)  # recent, cautious
             after = self.state.active.numpy()
             now = time.perf_counter() - start
             self.stopped_at[before & ~after] = now
@@ -490,7 +507,8 @@ class TriggerEngine:
             self.save_state(checkpoint_path, fingerprint)
         codes = self.state.stop_code.numpy()
         reasons = ["retired" if self.retired[i] else
-                   aug.STOP_REASONS[aug.MAX_STEPS] if still[i] else aug.STOP_REASONS[int(codes[i])]
+                   (TIME_BUDGET if time_limited else aug.STOP_REASONS[aug.MAX_STEPS]) if still[i]
+                   else aug.STOP_REASONS[int(codes[i])]
                    for i in range(k)]
         return EngineResult(
             labels=list(self.labels),
@@ -507,6 +525,7 @@ class TriggerEngine:
             wall_seconds=wall,
             history=list(self.history),
             resumed_at_step=int(resumed_at),
+            time_limited=bool(time_limited and still.any()),
         )
 
 
