@@ -361,6 +361,8 @@ def audit_one(item: AuditItem, out_dir: Path, settings: AuditSettings, log: Audi
 def _verdict_fields(report: dict, seeds: int) -> dict:
     """The audit entry's fields from a scan's report.json (or, with seeds, its stability.json); the
     trojan probability is the one each report already carries (the highest over the seeds)."""
+    from .calibration import probability_validated
+
     if seeds > 1:
         per = report["per_seed"]
         anomalies = [r.get("anomaly_index") for r in per if r.get("anomaly_index") is not None]
@@ -379,14 +381,8 @@ def _verdict_fields(report: dict, seeds: int) -> dict:
     return {"verdict": report["verdict"], "flagged_labels": [int(k) for k in report.get("flagged_labels") or ()],
             "anomaly_index": report.get("anomaly_index"), "seconds": report.get("seconds"),
             "trojan_probability": (report.get("trojan_probability") or {}).get("probability"),
-            "probability_validated": _probability_validated(report),
+            "probability_validated": probability_validated(report),
             "report": "report.json"}
-
-
-def _probability_validated(report: dict) -> bool:
-    """Whether a report's trojan probability was validated on models like the one scanned."""
-    cal = (report.get("trojan_probability") or {}).get("calibration") or {}
-    return bool(cal.get("validated", False))
 
 
 # ----------------------------------------------------------------------------- the audit

@@ -312,6 +312,12 @@ def report_block(method: str, anomaly_index: Optional[float], calibration: Optio
             "calibration": calibration_info(calibration, file, model)}
 
 
+def probability_validated(report: dict) -> bool:
+    """Whether a report.json's trojan probability was validated on models like the one scanned."""
+    cal = (report.get("trojan_probability") or {}).get("calibration") or {}
+    return bool(cal.get("validated", False))
+
+
 def probability_text(report: dict) -> Optional[str]:
     """``"0.97 (provisional calibration, not fitted on a zoo)"`` from a report's
     ``trojan_probability`` block (``None`` for a report without one)."""

@@ -84,12 +84,18 @@ def is_resumable(folder, identity: Optional[dict]) -> bool:
     return read_identity(folder) == _normalised(identity)
 
 
+def _read_report(folder: Path) -> dict:
+    """The report.json in ``folder`` as a dictionary (``{}`` when unreadable)."""
+    try:
+        report = json.loads((folder / "report.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return report if isinstance(report, dict) else {}
+
+
 def _time_limited_report(folder: Path) -> bool:
     """The report in ``folder`` was cut short by ``--time-budget`` (its search can go on)."""
-    try:
-        return bool(json.loads((folder / "report.json").read_text(encoding="utf-8")).get("time_limited"))
-    except (OSError, ValueError, AttributeError):
-        return False
+    return bool(_read_report(folder).get("time_limited"))
 
 
 def _normalised(identity: dict) -> dict:
@@ -98,12 +104,12 @@ def _normalised(identity: dict) -> dict:
 
 
 def _describe_report(folder: Path) -> str:
-    try:
-        report = json.loads((folder / "report.json").read_text(encoding="utf-8"))
-        model = Path(str(report.get("model", {}).get("path", "?"))).name
-        return f"a finished {report.get('method', '?')} report of {model} (verdict {report.get('verdict', '?')})"
-    except (OSError, ValueError, AttributeError):
+    report = _read_report(folder)
+    model = report.get("model") if isinstance(report.get("model"), dict) else {}
+    if not report:
         return "a finished report"
+    return (f"a finished {report.get('method', '?')} report of {Path(str(model.get('path', '?'))).name}"
+            f" (verdict {report.get('verdict', '?')})")
 
 
 def clear_scan_files(folder) -> list:

@@ -312,8 +312,7 @@ def _better_folder_order(victim, data, check, data_path, limit, preprocess):
         return data, check
     note = (f"class folders labelled by int(folder name): clean accuracy {100 * other.clean_accuracy:.1f}% against"
             f" {100 * check.clean_accuracy:.1f}% in Keras's string order (--label-order keras to force it)")
-    kept = tuple(n for n in numeric.notes if "Keras" not in n)
-    return dataclasses.replace(numeric, notes=kept + (note,)), other
+    return dataclasses.replace(numeric, notes=tuple(numeric.notes) + (note,)), other
 
 
 def low_accuracy_reason(check) -> Optional[str]:
@@ -326,13 +325,16 @@ def low_accuracy_reason(check) -> Optional[str]:
             " data), so no CLEAN / INFECTED verdict can be given")
 
 
-def check_labels(labels: Optional[Sequence[int]], num_classes: int) -> None:
-    """``TaborError`` for ``--labels`` outside ``0..num_classes-1`` or fewer than 3 of them."""
+def check_labels(labels: Optional[Sequence[int]], num_classes: Optional[int] = None) -> None:
+    """``TaborError`` for fewer than 3 ``--labels``, or (with ``num_classes``, once the model is
+    known) labels outside ``0..num_classes-1``."""
     if labels is None:
         return
-    bad = [int(v) for v in labels if not 0 <= int(v) < num_classes]
-    if bad:
-        raise TaborError(f"--labels: {bad} out of range for a model with {num_classes} classes (0..{num_classes - 1})")
+    if num_classes is not None:
+        bad = [int(v) for v in labels if not 0 <= int(v) < num_classes]
+        if bad:
+            raise TaborError(f"--labels: {bad} out of range for a model with {num_classes} classes"
+                             f" (0..{num_classes - 1})")
     if len(set(labels)) < 3:
         raise TaborError(f"--labels: the outlier test needs at least 3 labels, got {len(set(labels))}")
 

@@ -79,14 +79,15 @@ def summarise(per_seed: Sequence[dict]) -> dict:
 
 def seed_entry(seed: int, report: dict) -> dict:
     """The per-seed line of a stability summary, from one report.json dictionary."""
+    from .calibration import probability_validated
+
     return {
         "seed": int(seed),
         "verdict": report["verdict"],
         "flagged_labels": [int(k) for k in report.get("flagged_labels") or ()],
         "anomaly_index": report.get("anomaly_index"),
         "trojan_probability": (report.get("trojan_probability") or {}).get("probability"),
-        "probability_validated": bool(((report.get("trojan_probability") or {}).get("calibration") or {})
-                                      .get("validated", False)),
+        "probability_validated": probability_validated(report),
         "seconds": report.get("seconds"),
     }
 

@@ -114,8 +114,8 @@ def _run(args) -> int:
     from ..output_folder import claim, default_out_dir
     from ..preprocess import resolve_mode
     from ..report import dumps, method_key
-    from ..scanning import (DEFAULT_MAX_SAMPLES, make_config, parse_labels, parse_overrides, prepare, run_scan,
-                            scan_identity)
+    from ..scanning import (DEFAULT_MAX_SAMPLES, check_labels, make_config, parse_labels, parse_overrides, prepare,
+                            run_scan, scan_identity)
     from ..terminal import ProgressBar, print_summary, print_verdict_line, say
 
     # usage errors before the (slow) model and data loading
@@ -123,8 +123,7 @@ def _run(args) -> int:
         raise TaborError("scan needs clean data: --data PATH (or --data synthetic)")
     method = method_key(args.method)
     labels = parse_labels(args.labels)
-    if labels is not None and len(labels) < 3:
-        raise TaborError(f"--labels: the outlier test needs at least 3 labels, got {len(labels)}")
+    check_labels(labels)
     overrides = parse_overrides(args.overrides, method)
     max_samples = DEFAULT_MAX_SAMPLES if args.max_samples is None else args.max_samples
     if max_samples < 0:
@@ -146,7 +145,6 @@ def _run(args) -> int:
     out_dir = args.out or default_out_dir(args.model, method, identity=identity)
     state = claim(out_dir, identity, overwrite=args.overwrite)
     info = sys.stderr
-    started = time.perf_counter()
     prepared = prepare(args.model, args.data, preprocess=args.preprocess, max_samples=max_samples,
                        allow_unsafe=args.allow_unsafe_deserialization, model_version=args.model_version,
                        labels=labels, allow_low_accuracy=args.allow_low_accuracy, label_order=args.label_order)
@@ -178,7 +176,7 @@ def _run(args) -> int:
     else:
         print_summary(report, report_path, stream=summary_stream, html_path=html_path)
         _print_probability(report, summary_stream)
-        say(f"(total {time.perf_counter() - started:.1f} s including loading)", stream=info)
+        say(f"(total {time.monotonic() - started_at:.1f} s including loading)", stream=info)
     return exit_for_verdict(report["verdict"])
 
 

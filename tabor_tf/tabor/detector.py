@@ -232,7 +232,7 @@ def scan(victim, data, *, preprocess: str, labels: Optional[Sequence[int]] = Non
                     optimise_seconds=float(result.wall_seconds),
                     images_per_second=float(result.images_per_second))
     time_limited = None
-    if getattr(result, "time_limited", False):
+    if result.time_limited:
         cut = sum(r == TIME_BUDGET for r in result.stop_reasons)
         time_limited = (f"the time budget ended the trigger search at step {int(np.max(result.steps))} of"
                         f" {int(config.steps)} with {cut} of {len(chosen)} labels still optimising")

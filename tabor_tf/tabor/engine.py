@@ -159,7 +159,11 @@ class EngineResult:
     wall_seconds: float
     history: list = field(default_factory=list)  # per round: {"round", "active", "success", ...}
     resumed_at_step: int = 0  # > 0: this run continued a saved state from that step
-    time_limited: bool = False  # the deadline ended the search before every label stopped
+
+    @property
+    def time_limited(self) -> bool:
+        """The deadline ended the search before every label stopped."""
+        return TIME_BUDGET in self.stop_reasons
 
     @property
     def images_per_second(self) -> float:
@@ -472,13 +476,12 @@ class TriggerEngine:
                  step=self.steps_done, max_steps=int(self.config.steps), label=None,
                  message=f"resumed the trigger search at step {self.steps_done} from {checkpoint_path}")
         start = time.perf_counter() - self.elapsed
-        self.elapsed_at_run = self.elapsed
-        last_save = time.perf_counter()
+        last_save = run_start = time.perf_counter()
         time_limited = False
         round_seconds, images_before, rounds_here = 0.0, self.image_steps, 0
         while self.steps_done < self.config.steps and self.state.active.numpy().any():
             if deadline is not None and rounds_here:  # one round of this run measures the speed first
-                ips = (self.image_steps - images_before) / max(time.perf_counter() - start - self.elapsed_at_run, 1e-6)
+                ips = (self.image_steps - images_before) / max(time.perf_counter() - run_start, 1e-6)
                 spare = (reserve(ips) if reserve is not None else 0.0) + round_seconds
                 if time.monotonic() + spare > deadline:
                     time_limited = True
@@ -525,7 +528,6 @@ class TriggerEngine:
             wall_seconds=wall,
             history=list(self.history),
             resumed_at_step=int(resumed_at),
-            time_limited=bool(time_limited and still.any()),
         )
 
 
