@@ -370,13 +370,22 @@ def read_image(path: Path, channels: Optional[int] = None, size: Optional[tuple]
         img = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)[..., None]
     elif channels == 3 and img.shape[2] == 1:
         img = np.repeat(img, 3, axis=2)
-    if size is not None and tuple(img.shape[:2]) != tuple(size):
-        h, w = size
-        shrink = h <= img.shape[0] and w <= img.shape[1]
-        img = cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
-        if img.ndim == 2:
-            img = img[..., None]
+    if size is not None:
+        img = resize_image(img, size)
     return img
+
+
+def resize_image(img: np.ndarray, size) -> np.ndarray:
+    """``img`` ``[H,W,C]`` resized to ``size`` (h, w): area averaging when shrinking, bilinear when
+    enlarging; channels kept (a 1-channel image stays ``[h,w,1]``)."""
+    import cv2
+
+    h, w = (int(v) for v in size)
+    if tuple(img.shape[:2]) == (h, w):
+        return img
+    shrink = h <= img.shape[0] and w <= img.shape[1]
+    out = cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+    return out.reshape(h, w, img.shape[2])
 
 
 def _read_images(files: Sequence[Path], image_shape, source: str) -> np.ndarray:

@@ -112,16 +112,16 @@ def _labels(y: np.ndarray, path: str) -> np.ndarray:
 
 
 def resize_images(x: np.ndarray, size: int) -> np.ndarray:
-    """Resize uint8 images ``[N,H,W,C]`` to ``[N,size,size,C]`` (bilinear up, area down)."""
-    import cv2
+    """Resize uint8 images ``[N,H,W,C]`` to ``[N,size,size,C]`` (``tabor_tf.data.resize_image``:
+    bilinear up, area down), the same rule clean image files get at scan time."""
+    from ..data import resize_image
 
     n, h, w, c = x.shape
     if (h, w) == (size, size):
         return x
-    interp = cv2.INTER_LINEAR if size > max(h, w) else cv2.INTER_AREA
     out = np.empty((n, size, size, c), np.uint8)
     for i in range(n):
-        out[i] = cv2.resize(x[i], (size, size), interpolation=interp).reshape(size, size, c)
+        out[i] = resize_image(x[i], (size, size))
     return out
 
 
