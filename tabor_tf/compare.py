@@ -127,6 +127,29 @@ def public(truth: Optional[dict]) -> Optional[dict]:
     return None if truth is None else {k: v for k, v in truth.items() if not k.startswith("_")}
 
 
+def check_methods(methods: Sequence[str]) -> tuple:
+    """``methods`` in ``METHODS`` order, each known (``nc`` is accepted for ``neural_cleanse``)."""
+    wanted = {"nc": "neural_cleanse", "neural-cleanse": "neural_cleanse"}
+    chosen = {wanted.get(str(m).strip().lower(), str(m).strip().lower()) for m in methods if str(m).strip()}
+    unknown = sorted(chosen - set(METHODS))
+    if unknown or not chosen:
+        raise TaborError(f"--methods {','.join(map(str, methods))!r}: choose from tabor, nc")
+    return tuple(m for m in METHODS if m in chosen)
+
+
+def parse_zoo_data(items: Sequence[str]) -> dict:
+    """``["mnist=PATH", ...]`` -> ``{"mnist": "PATH"}``; a missing ``=`` or file is an error."""
+    out = {}
+    for item in items or ():
+        name, sep, path = str(item).partition("=")
+        if not sep or not name.strip() or not path.strip():
+            raise TaborError(f"--zoo-data {item!r}: expected NAME=PATH (NAME: the data name in the zoo's cards)")
+        if path.strip().lower() != "synthetic" and not os.path.exists(path.strip()):
+            raise TaborError(f"--zoo-data {item!r}: {path.strip()} not found")
+        out[name.strip()] = path.strip()
+    return out
+
+
 def card_data_source(truth: dict) -> tuple:
     """``(data, synthetic options)`` for a zoo card's model: ``"synthetic"`` with the card's class
     count and a seed held out from its training and test seeds, or the dataset's npz path (its
@@ -371,9 +394,11 @@ def compare_model(
     synthetic: Optional[dict] = None,
     allow_low_accuracy: bool = False,
     label_order: str = "auto",
+    methods: Sequence[str] = METHODS,
 ) -> dict:
-    """Run both methods on one model; write ``out_dir/{compare.json,compare.png,compare.html}`` and
-    each method's report folder; return the compare.json dictionary."""
+    """Run both methods (or the given ``methods``) on one model; write
+    ``out_dir/{compare.json,compare.png,compare.html}`` and each method's report folder; return the
+    compare.json dictionary."""
     from .html_report import render_compare_html
     from .scanning import make_config, prepare, run_scan
     from .terminal import ProgressBar, say, warn
@@ -392,18 +417,20 @@ def compare_model(
     for w in check.warnings:
         warn(w, stream=stream)
     shape = prepared.victim.input_shape
+    methods = check_methods(methods)
     configs = {
         "tabor": make_config("tabor", tabor_preset, tabor_overrides, shape),
         "neural_cleanse": make_config("neural_cleanse", nc_preset, nc_overrides, shape),
     }
     faithful_nc = nc_is_faithful(configs["neural_cleanse"])
     default_tabor = tabor_is_default(configs["tabor"], shape)
+    configs = {m: configs[m] for m in methods}
     notes = []
-    if not default_tabor:
+    if not default_tabor and "tabor" in methods:
         notes.append(
             f"TABOR ran with modified settings (preset {configs['tabor'].preset} with {dict(tabor_overrides or {})}),"
             " not its defaults")
-    if not faithful_nc:
+    if not faithful_nc and "neural_cleanse" in methods:
         changed = {k: v for k, v in (nc_overrides or {}).items()}
         notes.append(
             f"Neural Cleanse ran with a budget-reduced / modified configuration (preset "
@@ -411,7 +438,7 @@ def compare_model(
             "verdicts are indicative only"
         )
     results, reports = {}, {}
-    for m in METHODS:
+    for m in methods:
         overrides = tabor_overrides if m == "tabor" else nc_overrides
         bar = ProgressBar(f"{title}{TITLES[m]}", stream=stream, quiet=quiet)
         with bar:
@@ -420,8 +447,9 @@ def compare_model(
                 out_dir=out_dir / DIR_NAMES[m], progress=bar, prepared=prepared)
     measures = {m: method_measures(results[m], reports[m], truth,
                                    faithful=(default_tabor if m == "tabor" else faithful_nc))
-                for m in METHODS}
-    model_info = reports["tabor"]["model"]
+                for m in methods}
+    first = methods[0]
+    model_info = reports[first]["model"]
     options = {"preprocess": preprocess, "seed": int(seed), "max_samples": max_samples,
                "labels": None if labels is None else [int(v) for v in labels], "synthetic": synthetic or None}
     compare = {
@@ -431,13 +459,13 @@ def compare_model(
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "name": (truth or {}).get("name") or Path(str(model_info["path"])).name,
         "model": model_info,
-        "data": reports["tabor"]["data"],
-        "preprocess": reports["tabor"]["preprocess"],
+        "data": reports[first]["data"],
+        "preprocess": reports[first]["preprocess"],
         "seed": int(seed),
         "options": options,
         "settings_key": settings_key(model_info["sha256"], prepared.data_path, options, configs),
-        "methods": list(METHODS),
-        "report_dirs": dict(DIR_NAMES),
+        "methods": list(methods),
+        "report_dirs": {m: DIR_NAMES[m] for m in methods},
         "reports": reports,
         "truth": public(truth),
         "measures": measures,
@@ -491,6 +519,8 @@ def compare_zoo(
     quiet: bool = False,
     stream=None,
     label_order: str = "auto",
+    data_by_name: Optional[dict] = None,
+    methods: Sequence[str] = METHODS,
 ) -> dict:
     """Compare every zoo model (resuming finished ones), then write Table 1 + summary.
 
@@ -502,6 +532,7 @@ def compare_zoo(
     from .zoo_table import row_from_compare, summarize, summary_markdown, to_csv, to_markdown
 
     stream = stream if stream is not None else sys.stderr
+    methods = check_methods(methods)
     out = Path(out_dir)
     cards = zoo_cards(zoo_dir)
     rows, redone, reused, errors = [], [], [], []
@@ -515,11 +546,13 @@ def compare_zoo(
             continue
         name = truth["name"]
         title = f"[{i}/{len(cards)} {name}] "
-        data, synthetic = (data_path, {}) if data_path else card_data_source(truth)
+        named = (data_by_name or {}).get(truth["_card"].data.get("data_name"))
+        data, synthetic = (data_path or named, {}) if (data_path or named) else card_data_source(truth)
         if str(data).lower() == "synthetic" and not synthetic:
             synthetic = card_data_source(truth)[1]
         if data is None:
-            print(f"{title}error: the card names no data tabor-tf can find; give --data", file=stream, flush=True)
+            print(f"{title}error: the card names no data tabor-tf can find; give --data or --zoo-data NAME=PATH",
+                  file=stream, flush=True)
             errors.append({"name": name, "error": "no clean data (give --data)"})
             continue
         prep = preprocess or truth.get("preprocessing") or "auto"
@@ -528,6 +561,7 @@ def compare_zoo(
         shape = truth["_card"].data.get("input_shape")
         configs = {"tabor": make_config("tabor", tabor_preset, tabor_overrides, shape),
                    "neural_cleanse": make_config("neural_cleanse", nc_preset, nc_overrides, shape)}
+        configs = {m: configs[m] for m in methods}
         model_dir = out / name
         data_label = "synthetic" if str(data).lower() == "synthetic" else os.path.abspath(str(data))
         key = expected_key(card_path, truth, data_label, options, configs)
@@ -547,7 +581,7 @@ def compare_zoo(
                                     preprocess=prep, seed=seed, max_samples=max_samples, labels=labels,
                                     tabor_preset=tabor_preset, tabor_overrides=tabor_overrides, nc_preset=nc_preset,
                                     nc_overrides=nc_overrides, quiet=quiet, stream=stream, title=title,
-                                    synthetic=synthetic, label_order=label_order)
+                                    synthetic=synthetic, label_order=label_order, methods=methods)
         except TaborError as exc:  # one bad model does not stop the zoo; the others are kept
             print(f"{title}error: {exc}", file=stream, flush=True)
             errors.append({"name": name, "error": str(exc)})
@@ -558,18 +592,18 @@ def compare_zoo(
         if not quiet:
             ms = compare["measures"]
             say(f"{title}" + "  ".join(f"{TITLES[m]}: {ms[m]['correctness']} flagged "
-                                        f"{ms[m]['flagged_labels'] or 'none'}" for m in METHODS),
+                                        f"{ms[m]['flagged_labels'] or 'none'}" for m in methods),
                 stream=stream)
         rows.append(row_from_compare(compare, name))
         redone.append(name)
-    summary = summarize(rows, list(METHODS))
+    summary = summarize(rows, list(methods))
     summary.update(zoo=os.path.abspath(str(zoo_dir)), redone=redone, reused=reused, errors=errors,
                    seconds=time.perf_counter() - started,
                    nc_faithful=nc_is_faithful(make_config("neural_cleanse", nc_preset, nc_overrides)),
                    nc_preset=nc_preset, nc_overrides=dict(nc_overrides or {}),
                    tabor_preset=tabor_preset, tabor_overrides=dict(tabor_overrides or {}))
-    markdown = to_markdown(rows, list(METHODS))
-    table_csv = to_csv(rows, list(METHODS))
+    markdown = to_markdown(rows, list(methods))
+    table_csv = to_csv(rows, list(methods))
     atomic_write_bytes(out / "zoo_table.md", (markdown + "\n" + summary_markdown(summary)).encode("utf-8"))
     atomic_write_bytes(out / "zoo_table.csv", table_csv.encode("utf-8"))
     atomic_write_json(out / "zoo_summary.json", summary)
@@ -588,6 +622,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_common_input_arguments(p)
     p.add_argument("--truth", metavar="CARD", help="ground-truth card (card.json or its folder) of MODEL")
     p.add_argument("--zoo", metavar="DIR", help="compare every model of a zoo folder (DIR/<name>/card.json)")
+    p.add_argument("--methods", default="tabor,nc", metavar="LIST",
+                   help="methods to run, comma-separated: tabor, nc (default both)")
+    p.add_argument("--zoo-data", action="append", default=[], metavar="NAME=PATH",
+                   help="--zoo: clean data for the models whose card names data NAME (the recipe's data name, "
+                        "e.g. mnist=PATH); for a zoo built on another machine. --data, when given, wins")
     p.add_argument("--out", metavar="DIR", help="output folder (default compare-<model> / compare-<zoo>; "
                                                 "zoo folders are resumed)")
     p.add_argument("--overwrite", action="store_true",
@@ -645,6 +684,7 @@ def _run(args) -> int:
     if max_samples is not None and max_samples < 0:
         raise TaborError("--max-samples must be >= 0")
     resolve_mode(args.preprocess)  # usage errors before any loading
+    methods = check_methods(args.methods.split(","))
     for method, name, over in (("tabor", args.tabor_preset, tabor_over), ("nc", args.nc_preset, nc_over)):
         make_config(method, name, over)
     demo = not args.model and not args.zoo
@@ -671,13 +711,16 @@ def _run(args) -> int:
                              if args.preprocess == "auto" else args.preprocess, seed=args.seed,
                              max_samples=max_samples, labels=labels, tabor_preset=tabor_preset,
                              tabor_overrides=tabor_over, nc_preset=nc_preset, nc_overrides=nc_over,
-                             quiet=args.quiet, stream=info)
+                             quiet=args.quiet, stream=info, methods=methods)
         status = _print_zoo(result, out, sys.stdout)
-        if not faithful:
+        if not faithful and "neural_cleanse" in methods:
             print(f"Neural Cleanse budget: preset {nc_preset} with {nc_over} (budget-reduced, not faithful).")
         return status
     max_samples = DEFAULT_MAX_SAMPLES if max_samples is None else max_samples
     nc_preset = args.nc_preset or DEFAULT_NC_PRESET
+    zoo_data = parse_zoo_data(args.zoo_data)
+    if zoo_data and not args.zoo:
+        raise TaborError("--zoo-data goes with --zoo DIR; for one model give --data PATH")
     if args.zoo:
         if args.model:
             raise TaborError("give either MODEL or --zoo DIR, not both")
@@ -686,7 +729,8 @@ def _run(args) -> int:
                              preprocess=None if args.preprocess == "auto" else args.preprocess, seed=args.seed,
                              max_samples=max_samples, labels=labels, tabor_preset=args.tabor_preset,
                              tabor_overrides=tabor_over, nc_preset=nc_preset, nc_overrides=nc_over,
-                             quiet=args.quiet, stream=info, label_order=args.label_order)
+                             quiet=args.quiet, stream=info, label_order=args.label_order,
+                             data_by_name=zoo_data, methods=methods)
         return _print_zoo(result, out, sys.stdout)
     truth = load_truth(args.truth) if args.truth else None
     data, synthetic = (args.data, {}) if args.data else (card_data_source(truth) if truth else (None, {}))
@@ -703,7 +747,8 @@ def _run(args) -> int:
                             tabor_overrides=tabor_over, nc_preset=nc_preset, nc_overrides=nc_over,
                             allow_unsafe=args.allow_unsafe_deserialization, model_version=args.model_version,
                             quiet=args.quiet, stream=info, synthetic=synthetic,
-                            allow_low_accuracy=args.allow_low_accuracy, label_order=args.label_order)
+                            allow_low_accuracy=args.allow_low_accuracy, label_order=args.label_order,
+                            methods=methods)
     print(side_by_side(compare))
     for note in compare["notes"]:
         print(f"note: {note}")

@@ -16,8 +16,9 @@ Formats (recognised from content and layout, not only the name):
   Whole images are resized (no region-of-interest crop), as in the shared GTSRB 32x32 arrays.
 
 Images are resized to the model's (H, W) with OpenCV (``INTER_AREA`` when shrinking, bilinear
-when enlarging); 1 <-> 3 channel conversion is done for image files only. Arrays (npz/npy/h5) must
-already have the model's shape. ``limit`` keeps a deterministic subsample (stratified by label
+when enlarging); 1 <-> 3 channel conversion is done for image files only. Arrays (npz/npy/h5) are
+resized by the same rule when only their height and width differ from the model's (a note says
+so); their channels must match. ``limit`` keeps a deterministic subsample (stratified by label
 when labels exist) and only the kept images are read from disk.
 
 Class-folder labels (``label_order``; see ``class_folder_labels``): Keras's
@@ -98,7 +99,7 @@ def load_clean_data(
     """Read clean data from ``path`` (see module doc); ``DataError`` with a one-line reason for bad input.
 
     ``image_shape`` (H, W, C): the model's input; images are resized / channel-converted to it,
-    arrays must match it. ``num_classes``: labels must lie in [0, num_classes).
+    arrays are resized to it (their channels must match). ``num_classes``: labels must lie in [0, num_classes).
     ``limit``/``seed``: deterministic (stratified) subsample. ``min_samples``: refuse smaller data.
     ``label_order``: ``auto`` / ``keras`` / ``numeric``, for class folders (module doc).
     """
@@ -177,8 +178,9 @@ def _load_array_file(path: Path, image_shape, limit, seed) -> CleanData:
     y = _as_labels(y, len(x), path)
     _check_shape(x.shape[1:], image_shape, path)
     idx = subsample_indices(len(x), limit, y, seed)
-    xs = _pixels(x[idx], path)
-    return CleanData(xs, None if y is None else y[idx], str(path), fmt, (f"arrays {'/'.join(keys)}",))
+    xs, resized = _fit_size(x[idx], image_shape)
+    xs = _pixels(xs, path)
+    return CleanData(xs, None if y is None else y[idx], str(path), fmt, (f"arrays {'/'.join(keys)}",) + resized)
 
 
 def _read_npz(path: Path):
@@ -245,9 +247,11 @@ def _load_h5(path: Path, image_shape, limit, seed) -> CleanData:
                     raise
                 except Exception as exc:  # noqa: BLE001 - truncated datasets
                     raise DataError(f"{path}: dataset {xk!r} is unreadable ({_line(exc)})") from None
-                x = _pixels(_as_nhwc(x, path), path)
+                x, resized = _fit_size(_as_nhwc(x, path), image_shape)
+                x = _pixels(x, path)
                 keys = (xk,) + ((yk,) if dy is not None else ())
-                return CleanData(x, None if y is None else y[idx], str(path), "h5", (f"datasets {'/'.join(keys)}",))
+                return CleanData(x, None if y is None else y[idx], str(path), "h5",
+                                 (f"datasets {'/'.join(keys)}",) + resized)
         names = ", ".join(sorted(h5.keys())) or "nothing"
     raise DataError(f"{path}: no image dataset found; expected X_test/Y_test or x/y (has: {names})")
 
@@ -286,13 +290,26 @@ def _as_labels(y, n: int, path: Path) -> Optional[np.ndarray]:
 
 
 def _check_shape(shape, image_shape, path: Path) -> None:
+    """Arrays must have the model's channels (their height and width are resized by ``_fit_size``)."""
     if image_shape is None:
         return
     shape = tuple(int(d) for d in shape)
-    if shape != tuple(image_shape):
-        hint = (" (channel conversion is only done for image folders)" if shape[:2] == image_shape[:2]
-                else "; resize the arrays or give a folder of images, which tabor-tf resizes")
-        raise DataError(f"{path}: images are {_hwc(shape)} but the model takes {_hwc(image_shape)}{hint}")
+    if shape[2:] != tuple(image_shape)[2:]:
+        raise DataError(f"{path}: images are {_hwc(shape)} but the model takes {_hwc(image_shape)}"
+                        " (channel conversion is only done for image folders)")
+
+
+def _fit_size(x: np.ndarray, image_shape) -> tuple:
+    """``(x [N,H,W,C] resized to the model's (H, W) by resize_image, notes)``; ``x`` unchanged when it
+    fits. uint8 pixels are resized as uint8, as the zoo resizes its training data."""
+    if image_shape is None or tuple(x.shape[1:3]) == tuple(image_shape[:2]):
+        return x, ()
+    size = tuple(int(d) for d in image_shape[:2])
+    if x.dtype not in (np.uint8, np.uint16, np.float32, np.float64):
+        x = x.astype(np.float32)
+    out = np.stack([resize_image(img, size) for img in x])
+    how = "area" if size[0] <= x.shape[1] and size[1] <= x.shape[2] else "bilinear"
+    return out, (f"resized from {_hwc(x.shape[1:3])} to {_hwc(size)} ({how}) to fit the model",)
 
 
 def _hwc(shape) -> str:

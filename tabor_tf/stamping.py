@@ -7,8 +7,6 @@ Shapes: images ``x`` are ``[B, H, W, C]`` raw pixels 0..255; a mask is ``[H, W, 
 
 from __future__ import annotations
 
-import tensorflow as tf
-
 
 def stamp(x, mask, pattern):
     """Stamp one trigger on a batch: ``[B,H,W,C]``, ``[H,W,1]``, ``[H,W,C]`` -> ``[B,H,W,C]``."""
@@ -20,6 +18,8 @@ def stamp_all(x, masks, patterns):
 
     ``x [B,H,W,C]``, ``masks [K,H,W,1]``, ``patterns [K,H,W,C]`` -> ``[K, B, H, W, C]``.
     """
+    import tensorflow as tf  # here, so the zoo builder (numpy arrays) also runs under other Keras backends
+
     x = tf.convert_to_tensor(x)
     return x[None] * (1.0 - masks[:, None]) + (masks * patterns)[:, None]
 

@@ -153,3 +153,40 @@ def test_faithful_nc_detection_and_cli_alias(capsys):
 
     assert main(["compare", "--help"]) == 0
     assert "--zoo" in capsys.readouterr().out
+
+
+def test_zoo_built_elsewhere_one_method(tiny_infected_victim, tmp_path, capsys):
+    """A zoo whose cards name data on another machine: --zoo-data NAME=PATH finds it by the card's
+    data name; --methods tabor runs TABOR alone and the table has TABOR's columns only."""
+    zoo = zoo_of(tmp_path, tiny_infected_victim)
+    card_file = zoo / tiny_infected_victim.name / "card.json"
+    card = json.loads(card_file.read_text(encoding="utf-8"))
+    card["dataset"] = {"name": "signs", "path": "/elsewhere/signs.npz", "num_classes": 10, "size": 32}
+    card["data_name"] = "signs"
+    card_file.write_text(json.dumps(card), encoding="utf-8")
+    out = tmp_path / "out"
+    args = ["--zoo", str(zoo), "--out", str(out), "--methods", "tabor", "--quiet", "--max-samples", "100",
+            *TABOR_TINY]
+    assert compare.main(args) == 2  # the card's own path is not on this machine
+    assert "--zoo-data NAME=PATH" in capsys.readouterr().err
+    assert compare.main(args + ["--zoo-data", f"signs={tiny_infected_victim.data_path}"]) == 0
+    one = json.loads((out / tiny_infected_victim.name / "compare.json").read_text(encoding="utf-8"))
+    assert one["methods"] == ["tabor"] and list(one["measures"]) == ["tabor"]
+    assert one["data"]["path"] == os.path.abspath(tiny_infected_victim.data_path)
+    assert (out / tiny_infected_victim.name / "tabor" / "report.json").exists()
+    assert not (out / tiny_infected_victim.name / "nc").exists()
+    header = (out / "zoo_table.csv").read_text(encoding="utf-8").splitlines()[0]
+    assert "tabor_f1" in header and "neural_cleanse" not in header and "nc_" not in header
+
+
+def test_methods_and_zoo_data_errors(tmp_path, capsys):
+    assert compare.main(["--methods", "tabor,foo"]) == 2
+    assert "--methods 'tabor,foo': choose from tabor, nc" in capsys.readouterr().err
+    assert compare.check_methods(["nc", "tabor"]) == ("tabor", "neural_cleanse")
+    assert compare.check_methods(["neural-cleanse"]) == ("neural_cleanse",)
+    (tmp_path / "zoo").mkdir()
+    for item, why in (("signs", "expected NAME=PATH"), ("signs=" + str(tmp_path / "nope.npz"), "not found")):
+        assert compare.main(["--zoo", str(tmp_path / "zoo"), "--zoo-data", item]) == 2
+        assert why in capsys.readouterr().err
+    assert compare.main([str(tmp_path / "m.h5"), "--zoo-data", f"signs={tmp_path}"]) == 2
+    assert "--zoo-data goes with --zoo" in capsys.readouterr().err

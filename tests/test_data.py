@@ -9,7 +9,7 @@ import h5py
 import numpy as np
 import pytest
 
-from tabor_tf.data import CleanData, load_clean_data, read_image, subsample_indices
+from tabor_tf.data import CleanData, load_clean_data, read_image, resize_image, subsample_indices
 from tabor_tf.errors import DataError
 
 
@@ -71,10 +71,18 @@ def test_neural_cleanse_h5(tmp_path, onehot):
     np.testing.assert_array_equal(sub.y, (sub.x[:, 0, 0, 0].astype(int) - 10) % 4)
 
 
-def test_arrays_must_match_the_model(tmp_path):
+def test_arrays_are_resized_to_the_model_but_keep_their_channels(tmp_path):
     np.savez(tmp_path / "d.npz", x=_images(), y=np.arange(12) % 3)
-    with pytest.raises(DataError, match="8x8x3 but the model takes 32x32x3"):
-        load_clean_data(tmp_path / "d.npz", image_shape=(32, 32, 3))
+    big = load_clean_data(tmp_path / "d.npz", image_shape=(32, 32, 3))
+    assert big.image_shape == (32, 32, 3)
+    np.testing.assert_allclose(big.x[3], resize_image(_images()[3], (32, 32)), atol=1e-4)
+    assert any("resized from 8x8 to 32x32 (bilinear)" in n for n in big.notes)
+    with h5py.File(tmp_path / "d.h5", "w") as f:
+        f["X_test"] = _images()
+        f["Y_test"] = np.arange(12) % 3
+    small = load_clean_data(tmp_path / "d.h5", image_shape=(4, 4, 3))
+    assert small.image_shape == (4, 4, 3) and any("(area)" in n for n in small.notes)
+    np.testing.assert_allclose(small.x[0], resize_image(_images()[0], (4, 4)), atol=1e-4)
     with pytest.raises(DataError, match="channel conversion is only done for image folders"):
         load_clean_data(tmp_path / "d.npz", image_shape=(8, 8, 1))
     np.savez(tmp_path / "flat.npz", x=np.zeros((4, 192)) + 5)

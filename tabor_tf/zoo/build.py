@@ -277,6 +277,7 @@ def build_victim(spec: VictimSpec, data: ZooData, out_root: str, *, log: Log = N
         "recipe_hash": spec.spec_hash(data.description),
         "spec": spec.to_dict(),
         "built_with": f"tabor-tf {__version__}",
+        "keras_backend": _keras_backend(),
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
     write_card(tmp, card)
@@ -284,6 +285,13 @@ def build_victim(spec: VictimSpec, data: ZooData, out_root: str, *, log: Log = N
     os.replace(tmp, folder)
     say(_summary(card))
     return os.path.join(folder, CARD_NAME)
+
+
+def _keras_backend() -> str:
+    """``tensorflow``/``jax``/... and the Keras version the victim was trained with."""
+    import keras
+
+    return f"{keras.backend.backend()} (keras {keras.__version__})"
 
 
 def _backdoor_entry(bd, image_shape, files: dict) -> dict:

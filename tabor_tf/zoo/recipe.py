@@ -142,9 +142,13 @@ class VictimSpec:
         return d
 
     def spec_hash(self, data_key: dict) -> str:
-        """sha256 of this spec and the data it is trained on: a card with the same hash is current."""
+        """sha256 of this spec and the data it is trained on: a card with the same hash is current.
+
+        The data's location (``path``) is left out: the same file (same ``sha256``) elsewhere, on
+        another machine, builds the same model."""
         spec = {k: v for k, v in self.to_dict().items() if k not in _BOOKKEEPING}
-        blob = json.dumps({"spec": spec, "data": data_key}, sort_keys=True, default=str)
+        data = {k: v for k, v in data_key.items() if k != "path"}
+        blob = json.dumps({"spec": spec, "data": data}, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()
 
 
