@@ -86,3 +86,35 @@ def test_bad_input():
         mad_test([1.0, 2.0, float("nan")])
     with pytest.raises(ValueError):
         mad_test([1.0, 2.0, 3.0], labels=[0, 1])
+
+
+def test_family_threshold_grows_with_the_label_count():
+    from tabor_tf.outliers import family_threshold
+
+    assert family_threshold(43, 0.05) == pytest.approx(3.05, abs=0.01)
+    assert family_threshold(10, 0.05) == pytest.approx(2.58, abs=0.01)
+    assert family_threshold(1000, 0.05) == pytest.approx(3.89, abs=0.01)
+    assert family_threshold(43, 0.0) == 2.0  # off: NC's fixed threshold
+    assert family_threshold(3, 0.9) == 2.0  # never below the floor
+    # with it, the least-bad of 43 ordinary labels (normal scores) is flagged far less often
+    rng = np.random.default_rng(0)
+    fixed = family = 0
+    for _ in range(400):
+        scores = rng.normal(size=43)
+        fixed += mad_test(scores, threshold=2.0).infected
+        family += mad_test(scores, threshold=family_threshold(43, 0.05)).infected
+    assert fixed / 400 > 0.5 and family / 400 < 0.2  # 64% vs 13.5% here (MAD itself is noisy)
+
+
+def test_low_side_mad_ignores_a_long_tail_of_bad_scores():
+    # A skewed like TABOR's on a mobilenet: tight below the median, spread far above it (labels
+    # whose explanation or crop test failed), and one real target at -3
+    scores = np.concatenate([np.linspace(-0.6, 0.0, 21), np.linspace(0.0, 8.0, 21), [-3.0]])
+    both, low = mad_test(scores, threshold=4.0), mad_test(scores, threshold=4.0, side="low")
+    assert both.mad > 1.8 * low.mad  # the tail inflates the two-sided MAD
+    assert both.flagged_labels == [] and low.flagged_labels == [42]
+    assert low.to_dict()["side"] == "low"
+    below = np.sort(np.median(scores) - scores[scores <= np.median(scores)])
+    assert low.mad == pytest.approx(CONSISTENCY * np.median(below))
+    with pytest.raises(ValueError, match="side"):
+        mad_test(scores, side="high")

@@ -47,6 +47,18 @@ def test_floors_guard_log_zero():
     assert quality.neighbour_pairs(32, 32) == 32 * 31 and quality.neighbour_pairs(2, 3) == 3.5
 
 
+def test_accuracy_floor_caps_each_accuracy_part():
+    assert quality.accuracy_part(0.0, 256, floor=0.1) == pytest.approx(math.log(10))
+    assert quality.accuracy_part(0.02, 256, floor=0.1) == pytest.approx(math.log(10))
+    assert quality.accuracy_part(0.5, 256, floor=0.1) == pytest.approx(math.log(2))  # above the floor: unchanged
+    m = square(4, D - 5, D - 5)
+    failing = quality.quality_parts(m, acc_att=0.95, acc_crop=0.9, acc_exp=0.0, num_images=256, accuracy_floor=0.1)
+    assert failing["explanation"] == pytest.approx(math.log(10))
+    # still worse than a trigger that passes, but no longer by log(512) = 6.2
+    passing = quality.quality_parts(m, acc_att=0.95, acc_crop=0.9, acc_exp=0.95, num_images=256, accuracy_floor=0.1)
+    assert 2.0 < failing["A"] - passing["A"] < 2.31
+
+
 def test_compact_corner_square_beats_scattered_large_and_full_triggers():
     accs = dict(acc_att=1.0, acc_crop=0.95, acc_exp=0.9, num_images=256)
     compact = quality.quality_parts(square(4, D - 5, D - 5), **accs)["A"]

@@ -24,7 +24,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from tabor_tf.errors import DataError, TaborError
-from tabor_tf.outliers import mad_test
+from tabor_tf.outliers import family_threshold, mad_test
 from tabor_tf.preprocess import resolve_mode
 from tabor_tf.progress import ProgressFn, emit
 from tabor_tf.results import LabelResult, ScanResult
@@ -39,7 +39,7 @@ CHECKPOINT_FILE = "tabor_triggers.npz"
 STATE_FILE = "tabor_engine_state.npz"  # the engine's state while it runs (removed once the triggers are saved)
 # settings that change only the metric or the decision, not the optimised triggers
 _NOT_IN_FINGERPRINT = ("preset", "eval_images", "footprint_threshold", "explain_fraction", "explain_reference",
-                       "mad_threshold",
+                       "mad_threshold", "family_alpha", "mad_side", "accuracy_floor",
                        "max_images_per_step", "label_bucket", "checkpoint_seconds")
 
 
@@ -155,11 +155,28 @@ def score_triggers(victim, x, y_ref, result: EngineResult, config: TaborConfig, 
     out = []
     for i in range(len(result.labels)):
         parts = quality.quality_parts(result.masks[i], acc["acc_att"][i], acc["acc_crop"][i], acc["acc_exp"][i],
-                                      len(sel), config.footprint_threshold)
+                                      len(sel), config.footprint_threshold, config.accuracy_floor)
         parts.update(acc_att=float(acc["acc_att"][i]), acc_crop=float(acc["acc_crop"][i]),
                      acc_exp=float(acc["acc_exp"][i]), explanation_pixels=int(acc["vote"][i].sum()))
         out.append(parts)
     return out
+
+
+def decision_threshold(config: TaborConfig, num_labels: int) -> float:
+    """The anomaly index a label must exceed: ``mad_threshold``, raised with the label count when
+    ``family_alpha`` > 0 (``outliers.family_threshold``)."""
+    return family_threshold(num_labels, config.family_alpha, floor=config.mad_threshold)
+
+
+LOW_SIDE_MIN_LABELS = 20  # below this the lower half holds too few scores for its own MAD (TABOR_CHOICES)
+
+
+def mad_side(config: TaborConfig, num_labels: int) -> str:
+    """``both`` or ``low``: which deviations the MAD is taken over (``auto``: ``low`` from
+    ``LOW_SIDE_MIN_LABELS`` labels up)."""
+    if config.mad_side != "auto":
+        return config.mad_side
+    return "low" if num_labels >= LOW_SIDE_MIN_LABELS else "both"
 
 
 def scoring_reserve(num_labels: int, eval_images: int):
@@ -211,7 +228,8 @@ def scan(victim, data, *, preprocess: str, labels: Optional[Sequence[int]] = Non
             state_path.unlink(missing_ok=True)
     scores = score_triggers(victim, x, y_ref, result, config, mode, seed)
     a_values = [p["A"] for p in scores]
-    mad = mad_test(a_values, chosen, threshold=config.mad_threshold)
+    mad = mad_test(a_values, chosen, threshold=decision_threshold(config, len(chosen)),
+                   side=mad_side(config, len(chosen)))
     label_results = []
     for i, lab in enumerate(chosen):
         parts = dict(scores[i])

@@ -57,8 +57,12 @@ class TaborConfig:
     eval_images: int = 256  # clean images for acc_att / acc_crop / acc_exp
     footprint_threshold: float = 0.5  # F = M >= threshold * max(M)  (relative; see TABOR_CHOICES)
     explain_fraction: float = 0.05  # top-q fraction of pixels kept per image by the saliency map
+    accuracy_floor: float = 0.1  # acc_att / acc_crop / acc_exp floored here in A (each part <= log 10)
     explain_reference: str = "clean"  # what replaces the non-explained pixels: "clean" image or "black" (explain.py)
-    mad_threshold: float = 2.0
+    mad_threshold: float = 2.0  # anomaly index a label must exceed (the floor when family_alpha > 0)
+    family_alpha: float = 0.2  # > 0: threshold = max(mad_threshold, family_threshold(K, alpha)) (outliers.py)
+    mad_side: str = "auto"  # MAD of the scores below the median ("low"), of all deviations ("both", NC),
+    # or "auto": "low" from LOW_SIDE_MIN_LABELS labels up (a lower half of 10+ scores), else "both"
     # compute layout
     max_images_per_step: int = 4096  # stamped images in one forward pass; labels are chunked to fit
     label_bucket: int = 4  # chunks padded to a multiple of this many labels (few distinct shapes)
@@ -96,6 +100,12 @@ class TaborConfig:
             raise TaborError(f"explain_reference must be 'clean' or 'black', got {self.explain_reference!r}")
         if not 0 < self.explain_fraction < 1:
             raise TaborError(f"explain_fraction must be in (0, 1), got {self.explain_fraction}")
+        if not 0 <= self.accuracy_floor < 1:
+            raise TaborError(f"accuracy_floor must be in [0, 1), got {self.accuracy_floor}")
+        if self.mad_side not in ("both", "low", "auto"):
+            raise TaborError(f"mad_side must be 'both', 'low' or 'auto', got {self.mad_side!r}")
+        if not 0 <= self.family_alpha < 1:
+            raise TaborError(f"family_alpha must be in [0, 1) (0: the fixed mad_threshold), got {self.family_alpha}")
         if not 0 < self.lambda_min_factor <= 1 <= self.lambda_max_factor:
             raise TaborError("need 0 < lambda_min_factor <= 1 <= lambda_max_factor")
         if not 0 < self.mask_init_max <= 1:

@@ -12,7 +12,10 @@ by one pixel, i.e. edges on the image border count too: without it a footprint c
 whole image has 0 edges and would look like the smoothest trigger there is (``log 0``), scoring
 next to a compact corner square. Zero counts would still give ``log 0`` (an empty footprint):
 the footprint size and the edge count are floored at 0.5 (half the smallest non-zero value),
-accuracies at ``0.5 / E`` for ``E`` evaluation images (half of one image).
+accuracies at ``0.5 / E`` for ``E`` evaluation images (half of one image), or at
+``accuracy_floor`` when that is higher: the TABOR default 0.1 caps each accuracy part at
+log 10 = 2.3, so a label whose trigger fails a test badly does not stretch the spread of A that
+the outlier test divides by (docs/TABOR_CHOICES.md, "Decision rule").
 """
 
 from __future__ import annotations
@@ -64,21 +67,21 @@ def smoothness_part(f) -> float:
     return math.log(max(smooth_count(f, pad=True), 0.5) / neighbour_pairs(*f.shape[:2]))
 
 
-def accuracy_part(acc: float, num_images: int) -> float:
-    """``-log(acc)`` with ``acc`` floored at ``0.5 / num_images``."""
-    return -math.log(max(float(acc), 0.5 / max(int(num_images), 1)))
+def accuracy_part(acc: float, num_images: int, floor: float = 0.0) -> float:
+    """``-log(acc)`` with ``acc`` floored at ``0.5 / num_images`` (or at ``floor`` when higher)."""
+    return -math.log(max(float(acc), 0.5 / max(int(num_images), 1), float(floor)))
 
 
 def quality_parts(mask, acc_att: float, acc_crop: float, acc_exp: float, num_images: int,
-                  threshold: float = 0.5) -> dict:
+                  threshold: float = 0.5, accuracy_floor: float = 0.0) -> dict:
     """The five parts of A, A itself (``"A"``) and the footprint size, for one label."""
     f = footprint(mask, threshold)
     parts = {
         "sparsity": sparsity_part(f),
         "smoothness": smoothness_part(f),
-        "attack": accuracy_part(acc_att, num_images),
-        "crop": accuracy_part(acc_crop, num_images),
-        "explanation": accuracy_part(acc_exp, num_images),
+        "attack": accuracy_part(acc_att, num_images, accuracy_floor),
+        "crop": accuracy_part(acc_crop, num_images, accuracy_floor),
+        "explanation": accuracy_part(acc_exp, num_images, accuracy_floor),
     }
     parts["A"] = float(sum(parts[k] for k in PART_NAMES))
     parts["footprint_pixels"] = int(np.sum(f))
