@@ -62,6 +62,7 @@ class Calibration:
     # the models it was fitted on: {"input_shapes": [[H, W, C], ...], "num_classes": [K, ...]}
     domain: Optional[dict] = None
     heldout_kind: str = "leave-one-out"  # how heldout_* were measured: leave-one-out, or a test split
+    decision_rule: Optional[str] = None  # the method's outlier rule when fitted (None: before rules were named)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -73,6 +74,8 @@ class Calibration:
         if self.provisional or self.n_models <= 0:
             reasons.append("not fitted on a zoo")
             return reasons
+        if self.decision_rule != decision_rule(self.method):
+            reasons.append("fitted on anomaly indices of an earlier decision rule; not refitted for the current one")
         if self.heldout_auc is None:
             reasons.append("no held-out measurement")
         elif self.heldout_auc < MIN_USEFUL_AUC:
@@ -88,6 +91,15 @@ class Calibration:
         if anomaly_index is None:
             return None
         return float(sigmoid(self.a * feature(anomaly_index) + self.b))
+
+
+# The outlier rule each method's anomaly index comes from; a calibration fitted under another one
+# does not apply. NC keeps its paper's rule; TABOR's changed on the evaluation zoo's dev half.
+DECISION_RULES = {"neural_cleanse": None, "tabor": "mad-low20-family0.2-accfloor0.1"}
+
+
+def decision_rule(method: str) -> Optional[str]:
+    return DECISION_RULES.get(method)
 
 
 def _shape_text(shape) -> str:
@@ -194,7 +206,7 @@ def fit(pairs: Iterable, *, method: str = "tabor", ridge: float = 1e-2, source: 
     res = minimize(loss, x0=np.array([1.0, -1.0]), jac=True, method="L-BFGS-B")
     a, b = (float(v) for v in res.x)
     cal = Calibration(method=method, a=a, b=b, provisional=False, source=source, n_models=int(len(y)),
-                      n_infected=n_inf, ridge=float(ridge), domain=domain)
+                      n_infected=n_inf, ridge=float(ridge), domain=domain, decision_rule=decision_rule(method))
     if heldout and len(y) >= 3:
         p = leave_one_out(ai, y, method=method, ridge=ridge)
         cal = replace(cal, heldout_cross_entropy=cross_entropy(p, y), heldout_auc=roc_auc(p, y))

@@ -89,8 +89,9 @@ def _case_files(tmp: Path, victim) -> dict:
         f["model_weights"].create_dataset("huge", shape=(10**12,), dtype="float32")
     cases["absurd hdf5"] = (str(tmp / "absurd.h5"), data, [], "declares .* TB")
     x, y = _images(40), np.arange(40) % CLASSES
-    np.savez(tmp / "small.npz", x=_images(40, size=16), y=y)
-    cases["wrong image size"] = (model, str(tmp / "small.npz"), [], "16x16")
+    # (another height / width is resized to the model's: tests/test_data.py)
+    np.savez(tmp / "flat.npz", x=_images(40, size=16).reshape(40, -1), y=y)
+    cases["flat image arrays"] = (model, str(tmp / "flat.npz"), [], "[N, H, W, C]")
     np.savez(tmp / "gray.npz", x=_images(40, channels=2), y=y)
     cases["wrong channels"] = (model, str(tmp / "gray.npz"), [], "channel")
     (tmp / "empty").mkdir()
@@ -120,7 +121,7 @@ def _case_files(tmp: Path, victim) -> dict:
     return cases
 
 
-CASE_NAMES = ["missing model", "corrupt model", "truncated hdf5", "absurd hdf5", "wrong image size",
+CASE_NAMES = ["missing model", "corrupt model", "truncated hdf5", "absurd hdf5", "flat image arrays",
               "wrong channels", "empty data folder", "too few samples", "labels out of range", "nan", "inf",
               "values above 255", "negative values", "unreadable image", "gtsrb without csv", "unwritable output"]
 

@@ -1,11 +1,12 @@
 """Calibrated trojan probability: AUC, cross-entropy, the logistic fit, held-out measures, defaults."""
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
-from tabor_tf.calibration import (Calibration, cross_entropy, feature, fit, load_default, pairs_from_compare, sigmoid,
+from tabor_tf.calibration import (Calibration, decision_rule, cross_entropy, feature, fit, load_default, pairs_from_compare, sigmoid,
                                   probability_line, report_block, roc_auc, save)
 
 
@@ -74,7 +75,11 @@ def test_pairs_from_compare_and_defaults(tmp_path):
     assert block["probability"] == pytest.approx(default.probability(5.0)) and block["probability"] > 0.5
     assert not block["calibration"]["provisional"] and block["calibration"]["fitted_on_zoo"]
     assert block["calibration"]["file"] == "calibration.json" and block["anomaly_index"] == 5.0
-    assert f"calibrated on {default.n_models} zoo models" in probability_line({"trojan_probability": block})
+    # fitted on indices of TABOR's earlier decision rule (NC's fixed 2 on A): provisional until refitted
+    assert default.decision_rule is None and default.provisional_reasons()
+    assert "earlier decision rule" in probability_line({"trojan_probability": block})
+    current = replace(default, decision_rule=decision_rule("tabor"))
+    assert current.provisional_reasons() == []
     assert report_block("nc", None)["probability"] is None
     assert report_block("tabor", float("inf"))["probability"] == 1.0
     broken = report_block("tabor", 5.0, path=tmp_path / "missing.json")  # never fails the scan

@@ -163,14 +163,23 @@ def test_default_out_dir_skips_an_interrupted_scan_of_another_model(tmp_path):
 # ----------------------------------------------------------------------------- 5. calibration honesty
 
 
-def test_probabilities_are_provisional_outside_their_fit():
-    from tabor_tf.calibration import probability_text, report_block
+def test_probabilities_are_provisional_outside_their_fit(tmp_path):
+    import json
+
+    from tabor_tf.calibration import DEFAULT_PATH, decision_rule, probability_text, report_block
 
     gtsrb = {"input_shape": [32, 32, 3], "num_classes": 43}
     mnist = {"input_shape": [28, 28, 1], "num_classes": 10}
-    inside = report_block("tabor", 5.0, model=gtsrb)
+    shipped = report_block("tabor", 5.0, model=gtsrb)  # fitted before TABOR's decision rule changed
+    assert not shipped["calibration"]["validated"]
+    assert "earlier decision rule" in probability_text({"trojan_probability": shipped})
+    refitted = json.loads(open(DEFAULT_PATH, encoding="utf-8").read())
+    refitted["methods"]["tabor"]["decision_rule"] = decision_rule("tabor")
+    path = tmp_path / "calibration.json"
+    path.write_text(json.dumps(refitted), encoding="utf-8")
+    inside = report_block("tabor", 5.0, model=gtsrb, path=path)
     assert inside["calibration"]["validated"] and "PROVISIONAL" not in probability_text({"trojan_probability": inside})
-    outside = report_block("tabor", 5.0, model=mnist)
+    outside = report_block("tabor", 5.0, model=mnist, path=path)
     assert not outside["calibration"]["validated"]
     text = probability_text({"trojan_probability": outside})
     assert text.count("PROVISIONAL") == 1 and "28x28x1 input, 10 classes" in text and "AUC 1.00" not in text
