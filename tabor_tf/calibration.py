@@ -93,13 +93,15 @@ class Calibration:
         return float(sigmoid(self.a * feature(anomaly_index) + self.b))
 
 
-# The outlier rule each method's anomaly index comes from; a calibration fitted under another one
-# does not apply. NC keeps its paper's rule; TABOR's changed on the evaluation zoo's dev half.
-DECISION_RULES = {"neural_cleanse": None, "tabor": "mad-low20-family0.2-accfloor0.1"}
-
-
 def decision_rule(method: str) -> Optional[str]:
-    return DECISION_RULES.get(method)
+    """The outlier rule the method's default anomaly index comes from; a calibration fitted under
+    another one does not apply. NC keeps its paper's rule (``None``); TABOR's is read off its
+    default settings (``TaborConfig.decision_rule``), so it cannot drift from them."""
+    if method != "tabor":
+        return None
+    from .tabor.presets import TaborConfig
+
+    return TaborConfig().decision_rule()
 
 
 def _shape_text(shape) -> str:

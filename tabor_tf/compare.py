@@ -685,6 +685,9 @@ def _run(args) -> int:
         raise TaborError("--max-samples must be >= 0")
     resolve_mode(args.preprocess)  # usage errors before any loading
     methods = check_methods(args.methods.split(","))
+    zoo_data = parse_zoo_data(args.zoo_data)
+    if zoo_data and not args.zoo:
+        raise TaborError("--zoo-data goes with --zoo DIR; for one model give --data PATH")
     for method, name, over in (("tabor", args.tabor_preset, tabor_over), ("nc", args.nc_preset, nc_over)):
         make_config(method, name, over)
     demo = not args.model and not args.zoo
@@ -718,9 +721,6 @@ def _run(args) -> int:
         return status
     max_samples = DEFAULT_MAX_SAMPLES if max_samples is None else max_samples
     nc_preset = args.nc_preset or DEFAULT_NC_PRESET
-    zoo_data = parse_zoo_data(args.zoo_data)
-    if zoo_data and not args.zoo:
-        raise TaborError("--zoo-data goes with --zoo DIR; for one model give --data PATH")
     if args.zoo:
         if args.model:
             raise TaborError("give either MODEL or --zoo DIR, not both")

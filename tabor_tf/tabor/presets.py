@@ -75,6 +75,11 @@ class TaborConfig:
     # interruptions: the engine's state is saved to the scan's checkpoint folder this often (0: every round)
     checkpoint_seconds: float = 30.0
 
+    def decision_rule(self) -> str:
+        """The outlier rule these settings give A's anomaly index (a calibration is fitted under one)."""
+        return (f"mad>{self.mad_threshold:g}/family{self.family_alpha:g}/side-{self.mad_side}"
+                f"/accfloor{self.accuracy_floor:g}")
+
     def __post_init__(self):
         for name in ("l1", "l2", "l3", "l4", "l5", "l6", "stability_floor"):
             if not getattr(self, name) >= 0:
