@@ -19,6 +19,7 @@ import json
 import os
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Optional, Sequence
 
 import numpy as np
@@ -31,6 +32,7 @@ from tabor_tf.results import LabelResult, ScanResult
 
 from . import quality
 from .engine import TIME_BUDGET, EngineResult, TriggerEngine
+from .two_stage import TwoStageSettings, screen_keep
 from .explain import TriggerEvaluator
 from .presets import TERM_NAMES, TaborConfig, default_preset_for, preset
 
@@ -189,6 +191,23 @@ def scoring_reserve(num_labels: int, eval_images: int):
     return reserve
 
 
+def two_stage_screen(victim, x, y_ref, config: TaborConfig, mode: str, seed: int, num_labels: int):
+    """The screen of a two-stage scan (``two_stage.py``) as the engine calls it, or None when this
+    scan runs one stage (another scheduler, or a two-sided MAD: fewer than 20 labels)."""
+    side = mad_side(config, num_labels)
+    if config.scheduler != "two-stage" or side != "low":
+        return None
+    settings = TwoStageSettings.from_config(config)
+
+    def screen(engine) -> np.ndarray:
+        masks, patterns = engine.kept_triggers()
+        kept = SimpleNamespace(labels=engine.labels, masks=masks, patterns=patterns)
+        a = [p["A"] for p in score_triggers(victim, x, y_ref, kept, config, mode, seed)]
+        return screen_keep(a, ~engine.state.active.numpy(), engine.state.reached.numpy(), settings, side=side)
+
+    return screen
+
+
 def scan(victim, data, *, preprocess: str, labels: Optional[Sequence[int]] = None,
          config: Optional[TaborConfig] = None, seed: int = 0, progress: ProgressFn = None,
          checkpoint_dir=None, strategy=None, deadline: Optional[float] = None) -> ScanResult:
@@ -219,8 +238,9 @@ def scan(victim, data, *, preprocess: str, labels: Optional[Sequence[int]] = Non
         engine = TriggerEngine(victim.logits, x, y_ref, chosen, config, preprocess=mode, seed=seed, strategy=strategy)
         state_path = Path(checkpoint_dir) / STATE_FILE if checkpoint_dir else None
         reserve = scoring_reserve(len(chosen), int(min(len(x), config.eval_images)))
+        screen = two_stage_screen(victim, x, y_ref, config, mode, seed, len(chosen))
         result = engine.run(progress, method=METHOD, checkpoint_path=state_path, fingerprint=fingerprint,
-                            deadline=deadline, reserve=reserve)
+                            deadline=deadline, reserve=reserve, screen=screen)
         if result.resumed_at_step:
             notes.append(f"trigger search resumed at step {result.resumed_at_step} from {state_path}")
         if checkpoint_dir and not result.time_limited:  # a cut search stays resumable, never reused as done

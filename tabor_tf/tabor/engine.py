@@ -26,7 +26,10 @@ distinct shapes. Once per round (``round_steps`` steps) the per-label bookkeepin
 
 Budget scheduler (``config.scheduler == "retire"``, ``scheduler.py``): after a warm-up, labels
 whose provisional score (log L1 of the kept mask) lies far above the median also leave the batch
-("retired"); they can no longer become low outliers of the MAD test.
+("retired"); they can no longer become low outliers of the MAD test. Two-stage scan
+(``config.scheduler == "two-stage"``, ``two_stage.py``): after ``screen_rounds`` rounds the caller's
+``screen`` scores every kept trigger with the real metric and the labels far above the median
+stop ("screened").
 
 Interruptions: ``run(checkpoint_path=..., fingerprint=...)`` saves the whole state (variables,
 Adam slots and step counts, lambdas, augmentation and scheduler bookkeeping, the batch order's
@@ -149,7 +152,7 @@ class EngineResult:
     masks: np.ndarray  # [K,H,W] in [0,1]
     patterns: np.ndarray  # [K,H,W,C] raw 0..255
     steps: np.ndarray  # [K] optimisation steps each label ran
-    stop_reasons: list  # "converged" / "max_steps" / "retired" (budget scheduler)
+    stop_reasons: list  # "converged" / "max_steps" / "retired" (budget scheduler) / "screened" (two-stage)
     round_success: np.ndarray  # [K] round attack success of the kept trigger
     reached: np.ndarray  # [K] bool: the kept trigger reached phi
     lambdas: np.ndarray  # [K,6] live lambdas at the end
@@ -179,7 +182,8 @@ class TriggerEngine:
     """
 
     def __init__(self, logits_fn: Callable, x_raw: np.ndarray, y_ref: np.ndarray, labels: Sequence[int],
-                 config: TaborConfig, *, preprocess: str, seed: int = 0, strategy=None):
+                 config: TaborConfig, *, preprocess: str, seed: int = 0, strategy=None,
+                 record_kept: bool = False):
         self.logits_fn = logits_fn
         self.config = config
         self.mode = preprocess
@@ -231,9 +235,14 @@ class TriggerEngine:
                                                         float(config.scheduler_margin),
                                                         float(config.scheduler_max_fraction))
         self.retired = np.zeros(k, bool)
+        self.screened = np.zeros(k, bool)  # two-stage scan: labels the screen stopped (two_stage.py)
+        self.screen_done = False
         self.score_log = np.zeros((0, k))  # provisional score of every label after each round (scheduler)
         self.rounds_done = 0
         self.history = []
+        # record_kept: every change of a kept trigger, ``(round, positions [m], masks [m,H,W], patterns
+        # [m,H,W,C], reached [m])`` (benchmarks/stopping_rules.py replays stopping rules from it offline)
+        self.kept_log = [] if record_kept else None
         self.stopped_at = np.zeros(k)  # seconds from the start until each label left the batch
         self.steps_of = np.zeros(k, np.int64)  # optimisation steps each label ran
         self.elapsed = 0.0  # optimisation seconds before this process (restored checkpoints)
@@ -378,12 +387,35 @@ class TriggerEngine:
             self.best_pattern.assign(tf.where(sel[:, None, None, None], trigger_vars.pattern_from_tanh(self.p_t),
                                               self.best_pattern))
             self.best_terms[imp] = terms[imp]
+            if self.kept_log is not None:
+                pos = np.flatnonzero(imp)
+                self.kept_log.append((self.rounds_done + 1, pos, self.best_mask.numpy()[pos, ..., 0],
+                                      self.best_pattern.numpy()[pos], self.state.reached.numpy()[pos]))
         self.rounds_done += 1
         retired_now = self._retire()
         return {"step": self.steps_done, "active": [self.labels[i] for i in active],
                 "success": {self.labels[i]: round(float(success[i]), 4) for i in active},
                 "improved": [self.labels[i] for i in np.flatnonzero(imp)],
                 "retired": [self.labels[i] for i in np.flatnonzero(retired_now)]}
+
+    def kept_triggers(self) -> tuple:
+        """The kept (best so far) triggers: ``(masks [K,H,W] in [0,1], patterns [K,H,W,C] raw 0..255)``."""
+        return self.best_mask.numpy()[..., 0], self.best_pattern.numpy()
+
+    def screen_due(self) -> bool:
+        """Two-stage scan: the screen has not run yet and every label has had its screening rounds."""
+        return (self.config.scheduler == "two-stage" and not self.screen_done
+                and self.rounds_done >= int(self.config.screen_rounds))
+
+    def apply_screen(self, keep) -> list:
+        """Stop the active labels that ``keep [K]`` (bool) leaves out -> their labels."""
+        active = self.state.active.numpy()
+        out = active & ~np.asarray(keep, bool)
+        self.screened |= out
+        self.screen_done = True
+        if out.any():
+            self.state = self.state._replace(active=tf.constant(active & ~out))
+        return [self.labels[i] for i in np.flatnonzero(out)]
 
     def _retire(self) -> np.ndarray:
         """The budget scheduler's decision after a round: retired labels leave the batch -> ``[K]`` bool."""
@@ -419,6 +451,7 @@ class TriggerEngine:
                 "image_steps": int(self.image_steps), "rounds_done": int(self.rounds_done),
                 "rng_state": rng_state, "history": self.history, "elapsed": float(self.elapsed)}
         arrays.update(best_terms=self.best_terms, retired=self.retired, score_log=self.score_log,
+                      screened=self.screened, screen_done=np.array(self.screen_done),
                       stopped_at=self.stopped_at,
                       steps_of=self.steps_of, order_buffer=buffer, meta=np.array(json.dumps(meta)))
         tmp = path.with_name(path.name + ".tmp")
@@ -447,6 +480,8 @@ class TriggerEngine:
         self.state = aug.AugmentState(**{f: tf.constant(arrays[f"aug_{f}"]) for f in aug.AugmentState._fields})
         self.best_terms = arrays["best_terms"].astype(np.float32)
         self.retired = arrays["retired"].astype(bool)
+        self.screened = arrays["screened"].astype(bool)
+        self.screen_done = bool(arrays["screen_done"])
         self.score_log = arrays["score_log"].astype(np.float64)
         self.stopped_at = arrays["stopped_at"].astype(np.float64)
         self.steps_of = arrays["steps_of"].astype(np.int64)
@@ -458,14 +493,18 @@ class TriggerEngine:
 
     def run(self, progress: ProgressFn = None, method: str = "tabor", *, checkpoint_path=None,
             fingerprint: str = "", deadline: Optional[float] = None,
-            reserve: Optional[Callable[[float], float]] = None) -> EngineResult:
-        """Rounds until every label converged, was retired or ran ``config.steps`` steps.
+            reserve: Optional[Callable[[float], float]] = None,
+            screen: Optional[Callable[["TriggerEngine"], np.ndarray]] = None) -> EngineResult:
+        """Rounds until every label converged, was retired or screened out, or ran ``config.steps`` steps.
 
         ``checkpoint_path``: resume from this state file when it holds the same ``fingerprint``,
         and save the state there at most every ``config.checkpoint_seconds`` (at round ends) and
         at the end. ``deadline`` (``time.monotonic()`` seconds): start no round that would end
         after it; ``reserve(images_per_second)``: seconds to keep free before the deadline for what
         follows the search (the scoring). Labels still running then stop with ``time_budget``.
+        ``screen(engine) -> keep [K] bool``: the two-stage scan's screen (``config.scheduler ==
+        "two-stage"``), called once after ``config.screen_rounds`` rounds; labels it leaves out
+        stop with ``screened`` (``two_stage.py``).
         """
         k = len(self.labels)
         every = float(getattr(self.config, "checkpoint_seconds", 30.0))
@@ -489,6 +528,8 @@ class TriggerEngine:
             before = self.state.active.numpy()
             round_start = time.perf_counter()
             self.history.append(self.run_round())
+            if screen is not None and self.screen_due():
+                self.history[-1]["screened"] = self.apply_screen(screen(self))
             rounds_here += 1
             round_seconds = max(round_seconds * 0.5, time.perf_counter() - round_start)  # recent, cautious
             after = self.state.active.numpy()
@@ -509,7 +550,7 @@ class TriggerEngine:
         if checkpoint_path is not None:
             self.save_state(checkpoint_path, fingerprint)
         codes = self.state.stop_code.numpy()
-        reasons = ["retired" if self.retired[i] else
+        reasons = ["retired" if self.retired[i] else "screened" if self.screened[i] else
                    (TIME_BUDGET if time_limited else aug.STOP_REASONS[aug.MAX_STEPS]) if still[i]
                    else aug.STOP_REASONS[int(codes[i])]
                    for i in range(k)]

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 from tabor_tf.errors import TaborError
 from tabor_tf.settings import with_overrides
 
+SCHEDULERS = ("none", "two-stage", "retire")
 TERM_NAMES = ("mask_elastic", "pattern_elastic", "mask_smooth", "pattern_smooth", "blocking", "overlay")
 
 
@@ -66,9 +67,13 @@ class TaborConfig:
     # compute layout
     max_images_per_step: int = 4096  # stamped images in one forward pass; labels are chunked to fit
     label_bucket: int = 4  # chunks padded to a multiple of this many labels (few distinct shapes)
-    # budget scheduler (tabor_tf/tabor/scheduler.py): "none" = every label runs to convergence / steps;
-    # "retire" = after a warm-up, labels far above the median of log(mask L1) leave the batch early
+    # budget: "none" = every label runs to convergence / steps; "two-stage" (two_stage.py) = after
+    # screen_rounds rounds every kept trigger is scored with A and labels far above the median stop;
+    # "retire" (scheduler.py) = after a warm-up, labels far above the median of log(mask L1) stop
     scheduler: str = "none"
+    screen_rounds: int = 20  # two-stage: rounds every label runs before the screen
+    screen_margin: float = 1.0  # two-stage: stop labels with A above median + margin * MAD at the screen
+    screen_max_fraction: float = 0.45  # two-stage: at most this share of the labels stops there (< 0.5)
     scheduler_warmup_rounds: int = 15  # rounds every label runs before any can be retired
     scheduler_margin: float = 1.5  # retire only labels whose bound is >= median + margin * MAD (scheduler.py)
     scheduler_max_fraction: float = 0.45  # at most this share of the labels is retired (< 0.5)
@@ -119,8 +124,11 @@ class TaborConfig:
             raise TaborError(f"tanh_clip must be >= 0 (0 turns it off), got {self.tanh_clip}")
         if self.learning_rate <= 0:
             raise TaborError(f"learning_rate must be > 0, got {self.learning_rate}")
-        if self.scheduler not in ("none", "retire"):
-            raise TaborError(f"scheduler must be 'none' or 'retire', got {self.scheduler!r}")
+        if self.scheduler not in SCHEDULERS:
+            raise TaborError(f"scheduler must be one of {', '.join(SCHEDULERS)}, got {self.scheduler!r}")
+        if int(self.screen_rounds) < 1 or not self.screen_margin >= 0 or not 0 <= self.screen_max_fraction < 0.5:
+            raise TaborError("two-stage settings need screen_rounds >= 1, screen_margin >= 0,"
+                             " 0 <= screen_max_fraction < 0.5")
         if int(self.scheduler_warmup_rounds) < 1 or not self.scheduler_margin >= 0 \
                 or not 0 <= self.scheduler_max_fraction < 0.5:
             raise TaborError("scheduler settings need warmup_rounds >= 1, margin >= 0, 0 <= max_fraction < 0.5")
