@@ -141,15 +141,16 @@ def rule_retire(t: Trajectory, **_):
     return out, 0
 
 
-def rule_two_stage(t: Trajectory, scorer, settings: TwoStageSettings, **_):
+def rule_two_stage(t: Trajectory, scorer, settings: TwoStageSettings, stall: int = 0, **_):
     """Screen every label at ``settings.screen_rounds`` with the real metric A, then only the kept
-    labels run on (``two_stage.screen_keep``); a screen costs one scoring pass of every label."""
+    labels run on (``two_stage.screen_keep``); a screen costs one scoring pass of every label.
+    ``stall > 0``: on top of ``rule_stall`` with that patience."""
     r0 = int(settings.screen_rounds)
-    out = t.stop_rounds.copy()
-    rows = [t.kept(i, min(r0, t.stop_rounds[i])) for i in range(t.k)]
+    out = rule_stall(t, stall)[0] if stall else t.stop_rounds.copy()
+    rows = [t.kept(i, min(r0, out[i])) for i in range(t.k)]
     a = scorer(rows)
-    keep = screen_keep(a, np.array([t.stop_rounds[i] <= r0 for i in range(t.k)]),
-                       np.array([t.reached_by(i, min(r0, t.stop_rounds[i])) for i in range(t.k)]),
+    keep = screen_keep(a, np.array([out[i] <= r0 for i in range(t.k)]),
+                       np.array([t.reached_by(i, min(r0, out[i])) for i in range(t.k)]),
                        settings, side=scorer.side)
     for i in range(t.k):
         if not keep[i]:
@@ -197,9 +198,12 @@ def rules() -> dict:
     for p in (4, 8, 12):
         out[f"stall{p}"] = (rule_stall, {"patience": p})
     for r0 in (10, 20, 30):
-        for margin in (0.0, 1.0):
+        for margin in (0.0, 0.5, 1.0):
             out[f"screen{r0}-m{margin:g}"] = (rule_two_stage, {"settings": TwoStageSettings(
                 screen_rounds=r0, keep_margin=margin)})
+    for stall in (8, 12):
+        out[f"stall{stall}+screen20-m0"] = (rule_two_stage, {"settings": TwoStageSettings(
+            screen_rounds=20, keep_margin=0.0), "stall": stall})
     return out
 
 

@@ -30,9 +30,12 @@ def test_tabor_ends_on_time_never_clean_and_resumes(tiny_clean_victim, tmp_path,
     started = time.monotonic()
     rc = main(args)
     elapsed = time.monotonic() - started
-    stdout = capsys.readouterr().out
+    captured = capsys.readouterr()
+    stdout = captured.out
     report = _report(out)
     assert elapsed <= budget + SLACK, elapsed
+    # the estimate came before the search, and said the budget would not cover it
+    assert "estimate     at most ~" in captured.err and "expect a partial answer" in captured.err
     assert report["time_limited"] and "time budget ended the trigger search" in report["time_limited"]
     stops = {e["stop_reason"] for e in report["labels"]}
     assert stops == {"time_budget"}

@@ -159,6 +159,9 @@ def _run(args) -> int:
                                   out_dir=out_dir)
     say(f"method       {'TABOR' if method == 'tabor' else 'Neural Cleanse'} -> {out_dir}", stream=info,
         quiet=args.quiet)
+    if method == "tabor" and not args.quiet:
+        _say_estimate(prepared, make_config(method, args.preset, overrides, prepared.victim.input_shape),
+                      len(labels) if labels else int(prepared.victim.num_classes), args.time_budget, info)
     bar = ProgressBar("TABOR" if method == "tabor" else "Neural Cleanse", stream=info, quiet=args.quiet)
     with bar:
         _, report = run_scan(method=method, labels=labels, seed=args.seed, preset=args.preset, overrides=overrides,
@@ -178,6 +181,19 @@ def _run(args) -> int:
         _print_probability(report, summary_stream)
         say(f"(total {time.monotonic() - started_at:.1f} s including loading)", stream=info)
     return exit_for_verdict(report["verdict"])
+
+
+def _say_estimate(prepared, config, num_labels: int, time_budget, stream) -> None:
+    """The ``estimate`` line before the search starts (``tabor_tf.estimate``)."""
+    from ..estimate import estimate_tabor_scan
+    from ..terminal import say
+
+    est = estimate_tabor_scan(prepared.victim, prepared.check.mode, num_labels, config, len(prepared.data.x))
+    line = est.line()
+    if time_budget is not None and est.seconds > float(time_budget):
+        line += (f"; --time-budget {float(time_budget):g} s covers about {100 * float(time_budget) / est.seconds:.0f}%"
+                 " of that: expect a partial answer")
+    say(f"estimate     {line}", stream=stream)
 
 
 def _print_probability(report: dict, stream) -> None:
