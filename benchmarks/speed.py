@@ -2,7 +2,7 @@
 
     python benchmarks/speed.py --model /work/runs/zoo-gtsrb/square-br-4 [--data GTSRB.npz | synthetic]
         [--images 1000] [--preprocess unit] [--preset gtsrb] [--set KEY=VALUE ...] [--skip-nc]
-        [--only raw,engine,tabor-full,tabor-scheduled,nc] [--out speed.json]
+        [--only raw,engine,tabor-full,tabor-scheduled,tabor-two-stage,nc] [--out speed.json]
 
 Every measurement runs in its own subprocess (running eager code before a ``tf.function`` in the
 same process halved the function's speed on this kind of machine), one after the other:
@@ -15,6 +15,8 @@ same process halved the function's speed on this kind of machine), one after the
 ``tabor-full``       a whole TABOR scan (all labels, ``scheduler=none``): wall, optimisation time,
                      image-steps, verdict, flagged labels, anomaly index.
 ``tabor-scheduled``  the same with the budget scheduler (``scheduler=retire``).
+``tabor-two-stage``  the same as a two-stage scan (``scheduler=two-stage``); ratios to ``tabor-full``
+                     (time, image-steps, same verdict) come out under ``two_stage_vs_full``.
 ``nc``               a whole faithful Neural Cleanse scan (``--skip-nc`` leaves it out; about
                      40 min per GTSRB model on a 2-core CPU).
 
@@ -36,7 +38,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
-MODES = ("raw", "engine", "tabor-full", "tabor-scheduled", "nc")
+MODES = ("raw", "engine", "tabor-full", "tabor-scheduled", "tabor-two-stage", "nc")
+SCHEDULER_OF = {"tabor-full": "none", "tabor-scheduled": "retire", "tabor-two-stage": "two-stage"}
 GTSRB = "/work/shared/data/gtsrb/gtsrb-32x32.npz"
 
 
@@ -116,11 +119,11 @@ def _worker(args) -> dict:
         wall = time.perf_counter() - t0
         return {"rounds": rounds, "steps": rounds * cfg.round_steps, "image_steps": engine.image_steps - before,
                 "seconds": wall, "images_per_second": (engine.image_steps - before) / wall}
-    if args.worker in ("tabor-full", "tabor-scheduled"):
+    if args.worker in SCHEDULER_OF:
         from tabor_tf.data import CleanData
         from tabor_tf.tabor import scan
 
-        cfg = _config(args, scheduler="retire" if args.worker == "tabor-scheduled" else "none")
+        cfg = _config(args, scheduler=SCHEDULER_OF[args.worker])
         t0 = time.perf_counter()
         res = scan(victim, CleanData(x=x, y=y, source=args.data, format="npz"), preprocess=mode, config=cfg,
                    seed=args.seed)
@@ -130,6 +133,7 @@ def _worker(args) -> dict:
                 "verdict": res.verdict, "flagged_labels": res.flagged_labels,
                 "anomaly_index": float(res.mad.anomaly_index), "median": float(res.mad.median),
                 "mad": float(res.mad.mad), "retired": [r.label for r in res.labels if r.stop_reason == "retired"],
+                "screened": [r.label for r in res.labels if r.stop_reason == "screened"],
                 "scores": {str(r.label): float(r.score) for r in res.labels}, "settings": cfg.to_dict()}
     if args.worker == "nc":
         from neural_cleanse_baseline import preset as nc_preset
@@ -193,14 +197,16 @@ def main(argv=None) -> int:
     r = out["results"]
     if "images_per_second" in r.get("raw", {}) and "images_per_second" in r.get("engine", {}):
         out["engine_to_raw_ratio"] = r["engine"]["images_per_second"] / r["raw"]["images_per_second"]
-    full, sched = r.get("tabor-full", {}), r.get("tabor-scheduled", {})
-    if "image_steps" in full and "image_steps" in sched:
-        out["scheduled_vs_full"] = {
-            "same_verdict": full["verdict"] == sched["verdict"],
-            "same_flagged": full["flagged_labels"] == sched["flagged_labels"],
-            "image_steps_saved": 1 - sched["image_steps"] / full["image_steps"],
-            "wall_ratio": sched["wall_seconds"] / full["wall_seconds"],
-        }
+    full = r.get("tabor-full", {})
+    for mode, key in (("tabor-scheduled", "scheduled_vs_full"), ("tabor-two-stage", "two_stage_vs_full")):
+        other = r.get(mode, {})
+        if "image_steps" in full and "image_steps" in other:
+            out[key] = {
+                "same_verdict": full["verdict"] == other["verdict"],
+                "same_flagged": full["flagged_labels"] == other["flagged_labels"],
+                "image_steps_saved": 1 - other["image_steps"] / full["image_steps"],
+                "wall_ratio": other["wall_seconds"] / full["wall_seconds"],
+            }
     text = json.dumps(out, indent=2, default=float)
     print(text)
     if args.out:

@@ -28,8 +28,7 @@ def test_probe_measures_the_model_and_changes_nothing(tiny_clean_victim):
     from tabor_tf.loading import load_victim
 
     victim = load_victim(tiny_clean_victim.model_path)
-    before = [w.copy() for w in victim.model.get_weights()] if hasattr(victim, "model") else None
+    before = [w.copy() for w in victim.model.get_weights()]
     est = estimate_tabor_scan(victim, "unit", 10, preset("fast"), 300, probe_batch=8)
     assert est.images_per_second > 0 and est.seconds > 0 and est.labels == 10
-    if before is not None:
-        assert all((a == b).all() for a, b in zip(before, victim.model.get_weights()))
+    assert all((a == b).all() for a, b in zip(before, victim.model.get_weights()))
