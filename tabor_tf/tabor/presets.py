@@ -71,7 +71,7 @@ class TaborConfig:
     # screen_rounds rounds every kept trigger is scored with A and labels far above the median stop;
     # "retire" (scheduler.py) = after a warm-up, labels far above the median of log(mask L1) stop
     scheduler: str = "none"
-    screen_rounds: int = 20  # two-stage: rounds every label runs before the screen
+    screen_rounds: int = 10  # two-stage: rounds every label runs before the screen (dev half: 10 with margin 1)
     screen_margin: float = 1.0  # two-stage: stop labels with A above median + margin * MAD at the screen
     screen_max_fraction: float = 0.45  # two-stage: at most this share of the labels stops there (< 0.5)
     scheduler_warmup_rounds: int = 15  # rounds every label runs before any can be retired

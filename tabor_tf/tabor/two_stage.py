@@ -37,7 +37,7 @@ class TwoStageSettings:
     labels lie above ``median + keep_margin * MAD`` of A; ``max_fraction``: at most this share of
     the labels is screened out (< 0.5, so the median is a label that ran the full budget)."""
 
-    screen_rounds: int = 20
+    screen_rounds: int = 10
     keep_margin: float = 1.0
     max_fraction: float = 0.45
 
