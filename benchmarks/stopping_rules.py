@@ -32,7 +32,8 @@ from tabor_tf.compare import card_data_source, load_truth, parse_zoo_data, zoo_c
 from tabor_tf.outliers import mad_test
 from tabor_tf.scanning import prepare
 from tabor_tf.tabor import scheduler as sched
-from tabor_tf.tabor.detector import (decision_threshold, mad_side, reference_labels, score_triggers)
+from tabor_tf.tabor.detector import (decision_threshold, mad_side, reference_labels, score_triggers,
+                                     scoring_image_steps)
 from tabor_tf.tabor.engine import TriggerEngine
 from tabor_tf.tabor.presets import default_preset_for, preset
 from tabor_tf.tabor.two_stage import TwoStageSettings, screen_keep
@@ -40,11 +41,12 @@ from tabor_tf.tabor.two_stage import TwoStageSettings, screen_keep
 
 # ----------------------------------------------------------------------------- recording
 
-def record(card_path: Path, out: Path, zoo_data: dict, max_samples: int, seed: int) -> Path:
-    """Run the full-budget engine on the card's model once, recording the kept triggers."""
+def record(card_path: Path, out: Path, zoo_data: dict, max_samples: int, seed: int) -> tuple:
+    """Run the full-budget engine on the card's model once, recording the kept triggers ->
+    ``(trajectory path, the prepared model and data, or None when the trajectory was cached)``."""
     path = out / "trajectory.npz"
     if path.is_file():
-        return path
+        return path, None
     truth = load_truth(card_path)
     card = truth["_card"]
     data_path, synthetic = card_data_source(truth)
@@ -76,7 +78,7 @@ def record(card_path: Path, out: Path, zoo_data: dict, max_samples: int, seed: i
                         stop_rounds=-(-np.asarray(result.steps) // int(config.round_steps)),
                         meta=np.array(json.dumps(meta)))
     print(f"  full run: {wall:.0f} s, {result.image_steps} image-steps", file=sys.stderr)
-    return path
+    return path, prepared
 
 
 # ----------------------------------------------------------------------------- replay
@@ -161,11 +163,11 @@ def rule_two_stage(t: Trajectory, scorer, settings: TwoStageSettings, stall: int
 class Scorer:
     """A of record rows, cached; the verdict of a set of rows."""
 
-    def __init__(self, t: Trajectory, max_samples: int):
-        from tabor_tf.loading import load_victim
+    def __init__(self, t: Trajectory, max_samples: int, prepared=None):
         self.t = t
         m = t.meta
-        prepared = prepare(m["model"], m["data"], max_samples=max_samples, **m["synthetic"])
+        if prepared is None:
+            prepared = prepare(m["model"], m["data"], max_samples=max_samples, **m["synthetic"])
         self.victim, self.mode = prepared.victim, m["mode"]
         self.x = np.asarray(prepared.data.x, np.float32)
         self.y_ref, _, _ = reference_labels(self.victim, self.x, prepared.data.y, self.mode)
@@ -173,7 +175,6 @@ class Scorer:
         self.threshold = decision_threshold(self.config, t.k)
         self.side = mad_side(self.config, t.k)
         self.cache = {}
-        del load_victim
 
     def __call__(self, rows):
         todo = sorted({r for r in rows if r not in self.cache})
@@ -207,9 +208,9 @@ def rules() -> dict:
     return out
 
 
-def replay(path: Path, max_samples: int) -> dict:
+def replay(path: Path, max_samples: int, prepared=None) -> dict:
     t = Trajectory(path)
-    scorer = Scorer(t, max_samples)
+    scorer = Scorer(t, max_samples, prepared)
     ipl, rs = t.meta["images_per_label"], t.meta["round_steps"]
     full_steps = int(t.stop_rounds.sum()) * rs * ipl
     eval_n = min(len(scorer.x), scorer.config.eval_images)
@@ -217,8 +218,7 @@ def replay(path: Path, max_samples: int) -> dict:
     for name, (fn, kw) in rules().items():
         stop, screens = fn(t, scorer=scorer, **kw)
         flagged, index = scorer.verdict(stop)
-        # a scoring pass ~ 2 image-steps per label and evaluation image (detector.scoring_reserve)
-        cost = int(stop.sum()) * rs * ipl + screens * 2 * t.k * eval_n
+        cost = int(stop.sum()) * rs * ipl + int(screens * scoring_image_steps(t.k, eval_n))
         out[name] = {"flagged": [int(v) for v in flagged], "anomaly_index": round(float(index), 2),
                      "image_steps": cost, "fraction": round(cost / full_steps, 3),
                      "labels_full_budget": int(np.sum(stop >= t.stop_rounds))}
@@ -263,9 +263,9 @@ def main(argv=None) -> int:
         if args.only and name not in args.only:
             continue
         print(f"{name}", file=sys.stderr)
-        path = record(Path(card), out / name, zoo_data, args.max_samples, args.seed)
+        path, prepared = record(Path(card), out / name, zoo_data, args.max_samples, args.seed)
         if not args.record_only:
-            results[name] = replay(path, args.max_samples)
+            results[name] = replay(path, args.max_samples, prepared)
             (out / "rules.json").write_text(json.dumps(results, indent=1))
     if results:
         (out / "rules.md").write_text(summarise(results))

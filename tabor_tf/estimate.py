@@ -6,8 +6,8 @@ divided by a short probe of that throughput:
 
 * search, at most: ``K x steps x (batch + blocking batch + 1)`` image-steps (every label to the
   step budget; converged and screened-out labels stop earlier, so this is an upper bound);
-* scoring: about ``4 x K x eval_images`` (attack, crop, saliency forward+backward and the
-  important-features pass of every label on every evaluation image, ``detector.scoring_reserve``);
+* scoring: ``detector.scoring_image_steps`` doubled for safety, as ``detector.scoring_reserve``
+  keeps it free (``4 x K x eval_images``);
 * a two-stage scan's screen scores every label once more.
 
 ``probe_images_per_second`` times a forward+backward of the model alone on random inputs (it
@@ -21,6 +21,9 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
+
+from .tabor.detector import scoring_image_steps
+from .terminal import human_duration
 
 
 @dataclass(frozen=True)
@@ -39,7 +42,7 @@ class ScanEstimate:
     def line(self) -> str:
         """One line for the terminal."""
         total = self.search_image_steps + self.scoring_image_steps
-        return (f"at most ~{_duration(self.seconds)} ({self.labels} labels x {self.steps} steps: {total:,} image-steps at"
+        return (f"at most ~{human_duration(self.seconds)} ({self.labels} labels x {self.steps} steps: {total:,} image-steps at"
                 f" ~{self.images_per_second:,.0f} images/s forward+backward; converged and screened-out labels stop"
                 " earlier)")
 
@@ -49,14 +52,6 @@ class ScanEstimate:
                 "probe_batch": self.probe_batch, "seconds": round(self.seconds, 1)}
 
 
-def _duration(seconds: float) -> str:
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
-
-
 def tabor_image_steps(num_labels: int, config, num_images: int) -> tuple:
     """``(search, scoring)`` image-steps of a TABOR scan of ``num_labels`` labels (see module doc)."""
     batch = min(int(config.batch_size), int(num_images))
@@ -64,7 +59,7 @@ def tabor_image_steps(num_labels: int, config, num_images: int) -> tuple:
     search = int(num_labels) * int(config.steps) * per_label
     eval_n = min(int(config.eval_images), int(num_images))
     passes = 2 if getattr(config, "scheduler", "none") == "two-stage" else 1
-    return search, passes * 4 * int(num_labels) * eval_n
+    return search, int(passes * 2 * scoring_image_steps(int(num_labels), eval_n))
 
 
 def probe_images_per_second(victim, mode: str, batch: int = 64, repeats: int = 2) -> float:

@@ -19,9 +19,9 @@ def test_image_steps_follow_labels_steps_and_batches():
 def test_estimate_line_scales_with_the_work():
     small = ScanEstimate(43, 400, 361200, 44032, 1000.0, 64)
     assert small.seconds == pytest.approx(405.232)
-    assert "~7 min" in small.line() and "43 labels x 400 steps" in small.line()
+    assert "at most ~6 min 45 s (43 labels x 400 steps" in small.line()
     big = ScanEstimate(1000, 400, 1000 * 400 * 21, 4 * 1000 * 128, 20.0, 64)
-    assert "h (" in big.line() and big.to_dict()["seconds"] > 3600
+    assert "at most ~123 h 46 min (" in big.line() and big.to_dict()["seconds"] > 3600
 
 
 def test_probe_measures_the_model_and_changes_nothing(tiny_clean_victim):

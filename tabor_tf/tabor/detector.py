@@ -181,12 +181,17 @@ def mad_side(config: TaborConfig, num_labels: int) -> str:
     return "low" if num_labels >= LOW_SIDE_MIN_LABELS else "both"
 
 
+def scoring_image_steps(num_labels: int, eval_images: int) -> float:
+    """Work of one ``score_triggers`` pass in engine image-steps: per label and evaluation image
+    about two (attack, crop, saliency forward + backward, important-features pass)."""
+    return 2.0 * num_labels * eval_images
+
+
 def scoring_reserve(num_labels: int, eval_images: int):
     """``images_per_second -> seconds`` to keep free for ``score_triggers`` after a deadline-bound
-    search: per label and evaluation image about two engine image-steps (attack, crop, saliency
-    forward + backward, important-features pass), doubled for safety, plus a second."""
+    search: ``scoring_image_steps`` doubled for safety, plus a second."""
     def reserve(images_per_second: float) -> float:
-        return 2.0 * 2.0 * num_labels * eval_images / max(images_per_second, 1.0) + 1.0
+        return 2.0 * scoring_image_steps(num_labels, eval_images) / max(images_per_second, 1.0) + 1.0
 
     return reserve
 
