@@ -12,7 +12,7 @@ rule's verdict is compared with the full run's; that is how the two-stage defaul
 Usage (trajectories are cached in OUT/NAME/trajectory.npz, so a rerun only replays):
 
   python benchmarks/stopping_rules.py --zoo runs/zoo-eval-dev --out runs/stopping-dev \
-      [--only NAME ...] [--zoo-data gtsrb=PATH ...] [--max-samples 1000] [--seed 0]
+      [--only NAME ...] [--zoo-data gtsrb=PATH ...] [--max-samples 1000] [--seed 0] [--set KEY=VALUE ...]
 
 Writes OUT/rules.json and OUT/rules.md (per victim and summary).
 """
@@ -30,7 +30,7 @@ import numpy as np
 
 from tabor_tf.compare import card_data_source, load_truth, parse_zoo_data, zoo_cards
 from tabor_tf.outliers import mad_test
-from tabor_tf.scanning import prepare
+from tabor_tf.scanning import parse_overrides, prepare
 from tabor_tf.tabor import scheduler as sched
 from tabor_tf.tabor.detector import (decision_threshold, mad_side, reference_labels, score_triggers,
                                      scoring_image_steps)
@@ -41,9 +41,11 @@ from tabor_tf.tabor.two_stage import TwoStageSettings, screen_keep
 
 # ----------------------------------------------------------------------------- recording
 
-def record(card_path: Path, out: Path, zoo_data: dict, max_samples: int, seed: int) -> tuple:
+def record(card_path: Path, out: Path, zoo_data: dict, max_samples: int, seed: int,
+           overrides: dict = None) -> tuple:
     """Run the full-budget engine on the card's model once, recording the kept triggers ->
-    ``(trajectory path, the prepared model and data, or None when the trajectory was cached)``."""
+    ``(trajectory path, the prepared model and data, or None when the trajectory was cached)``.
+    ``overrides``: search settings replacing the preset's (``--set``; the metric keeps the preset's)."""
     path = out / "trajectory.npz"
     if path.is_file():
         return path, None
@@ -55,7 +57,7 @@ def record(card_path: Path, out: Path, zoo_data: dict, max_samples: int, seed: i
         data_path, synthetic = zoo_data[name], {}
     prepared = prepare(card.model_path, data_path, max_samples=max_samples, **synthetic)
     victim, data, mode = prepared.victim, prepared.data, prepared.check.mode
-    config = preset(default_preset_for(victim.input_shape))
+    config = preset(default_preset_for(victim.input_shape), **(overrides or {}))
     x = np.asarray(data.x, np.float32)
     y_ref, _, _ = reference_labels(victim, x, data.y, mode)
     labels = list(range(int(victim.num_classes)))
@@ -73,7 +75,8 @@ def record(card_path: Path, out: Path, zoo_data: dict, max_samples: int, seed: i
             "targets": truth["targets"], "labels": labels, "seed": seed, "max_samples": max_samples,
             "wall_seconds": wall, "image_steps": int(result.image_steps), "stop_reasons": result.stop_reasons,
             "images_per_label": int(engine.images_per_label), "round_steps": int(config.round_steps),
-            "max_rounds": int(config.max_rounds), "min_rounds": int(config.min_rounds)}
+            "max_rounds": int(config.max_rounds), "min_rounds": int(config.min_rounds),
+            "overrides": overrides or {}}
     np.savez_compressed(path, rounds=rounds, positions=positions, masks=masks, patterns=patterns, reached=reached,
                         stop_rounds=-(-np.asarray(result.steps) // int(config.round_steps)),
                         meta=np.array(json.dumps(meta)))
@@ -254,7 +257,10 @@ def main(argv=None) -> int:
     p.add_argument("--max-samples", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--record-only", action="store_true")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="search setting for the recorded run (e.g. batch_size=8); the metric keeps the preset's")
     args = p.parse_args(argv)
+    overrides = parse_overrides(args.set, "tabor")
     out = Path(args.out)
     zoo_data = parse_zoo_data(args.zoo_data)
     results = {}
@@ -263,7 +269,7 @@ def main(argv=None) -> int:
         if args.only and name not in args.only:
             continue
         print(f"{name}", file=sys.stderr)
-        path, prepared = record(Path(card), out / name, zoo_data, args.max_samples, args.seed)
+        path, prepared = record(Path(card), out / name, zoo_data, args.max_samples, args.seed, overrides)
         if not args.record_only:
             results[name] = replay(path, args.max_samples, prepared)
             (out / "rules.json").write_text(json.dumps(results, indent=1))

@@ -92,3 +92,47 @@ def estimate_tabor_scan(victim, mode: str, num_labels: int, config, num_images: 
     search, scoring = tabor_image_steps(num_labels, config, num_images)
     ips = probe_images_per_second(victim, mode, batch=probe_batch)
     return ScanEstimate(int(num_labels), int(config.steps), search, scoring, ips, int(probe_batch))
+
+
+@dataclass(frozen=True)
+class BudgetPlan:
+    """What a ``--time-budget`` TABOR scan can afford: how many labels to search (the most
+    suspicious by the pre-screen when fewer than all) and on how many images to score them."""
+
+    labels: int  # labels to search (<= the candidates)
+    candidates: int  # labels the scan was asked for
+    eval_images: int  # clean images the metric uses
+    steps_each: int  # steps every searched label gets, at least, in the plan
+    fits: bool  # False: even the smallest plan (3 labels, 32 images) needs more than the budget
+
+    @property
+    def prescreened(self) -> bool:
+        return self.labels < self.candidates
+
+
+PLANNED_STEPS = 50  # steps a label gets at least in a budget plan: the presets' min_rounds x round_steps
+MIN_PLANNED_LABELS = 10  # below this many searched labels the MAD test has little to compare with
+EVAL_IMAGES_FALLBACK = (64, 32)  # fewer scoring images tried, in order, before fewer than 10 labels
+
+
+def plan_for_budget(seconds_left: float, images_per_second: float, num_labels: int, config,
+                    num_images: int) -> BudgetPlan:
+    """Fit a TABOR scan into ``seconds_left``: every searched label gets ``PLANNED_STEPS`` steps
+    (the step budget when smaller) and its share of the scoring (as ``detector.scoring_reserve`` keeps it: twice the
+    scoring pass), with 10% slack. All labels when they fit; else the scoring images shrink
+    (64, then 32) before the label count drops below 10; never below 3 labels (the outlier
+    test's minimum; ``fits`` is then False and the deadline cuts the search)."""
+    batch = min(int(config.batch_size), int(num_images))
+    per_step = batch + min(int(config.blocking_batch_size), batch) + 1
+    steps = min(int(config.steps), PLANNED_STEPS)
+    usable = 0.9 * max(float(seconds_left) - 1.0, 0.0) * max(float(images_per_second), 1e-9)  # image-steps
+    eval0 = min(int(config.eval_images), int(num_images))
+    choices = [eval0] + [e for e in EVAL_IMAGES_FALLBACK if e < eval0]
+    want = min(int(num_labels), MIN_PLANNED_LABELS)
+    for eval_n in choices:
+        fit = int(usable // (steps * per_step + 2 * scoring_image_steps(1, eval_n)))
+        if fit >= want:
+            break
+    labels = max(min(fit, int(num_labels)), min(3, int(num_labels)))
+    return BudgetPlan(labels=labels, candidates=int(num_labels), eval_images=int(eval_n), steps_each=steps,
+                      fits=fit >= 3 or fit >= int(num_labels))

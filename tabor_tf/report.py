@@ -245,6 +245,7 @@ def build_report(scan: ScanResult, context: ReportContext, label_files: Optional
             "labels_scanned": len(scan.labels),
             "num_classes": None if scan.num_classes is None else int(scan.num_classes),
             "partial": bool(scan.partial),
+            "label_selection": scan.label_selection,
         },
         "flagged_labels": [int(v) for v in scan.flagged_labels],
         "anomaly_index": float(scan.mad.anomaly_index),

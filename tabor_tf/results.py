@@ -62,6 +62,7 @@ class ScanResult:
     num_classes: Optional[int] = None  # the model's class count (to tell a partial scan from a full one)
     inconclusive: list = field(default_factory=list)  # reasons no verdict can be given (e.g. low clean accuracy)
     time_limited: Optional[str] = None  # how a deadline (--time-budget) cut the scan short; None: it did not
+    label_selection: Optional[str] = None  # how the scanned labels were chosen when not all (e.g. the pre-screen)
 
     @property
     def partial(self) -> bool:
@@ -73,7 +74,7 @@ class ScanResult:
         """Why this scan gives no clean / infected verdict: the stored reasons, plus partial coverage."""
         reasons = list(self.inconclusive)
         if self.partial:
-            why = "the time budget ended the scan" if self.time_limited else "--labels"
+            why = self.label_selection or ("the time budget ended the scan" if self.time_limited else "--labels")
             reasons.append(
                 f"partial scan: {len(self.labels)} of {int(self.num_classes)} labels were scanned ({why}); the"
                 " labels not scanned were not looked at and a MAD test over a subset is not a verdict")

@@ -341,14 +341,14 @@ def check_labels(labels: Optional[Sequence[int]], num_classes: Optional[int] = N
 
 def scan_identity(model_path, *, method: str, data_path, seed: int, labels=None, preprocess: str = "auto",
                   max_samples=None, preset=None, overrides=None, model_version=None, seeds: int = 1,
-                  label_order: str = "auto") -> dict:
+                  label_order: str = "auto", prescreen: Optional[int] = None) -> dict:
     """What decides a scan's outcome, known before anything is loaded: a report folder belongs to
     one identity (``tabor_tf.output_folder.claim``), and only the same identity resumes in it."""
     from .loading.files import sha256_path
 
     path = Path(str(model_path)).expanduser()
     synthetic = str(data_path).strip().lower() == SYNTHETIC
-    return {
+    identity = {
         "model": os.path.abspath(str(path)),
         "model_sha256": sha256_path(path) if path.exists() else None,
         "model_version": model_version,
@@ -363,6 +363,9 @@ def scan_identity(model_path, *, method: str, data_path, seed: int, labels=None,
         "preset": preset,
         "overrides": {k: overrides[k] for k in sorted(overrides or {})},
     }
+    if prescreen is not None:  # only when given, so folders of scans without it keep their identity
+        identity["prescreen"] = int(prescreen)
+    return identity
 
 
 # ----------------------------------------------------------------------------- the scan
@@ -390,6 +393,7 @@ def run_scan(
     execution=None,
     allow_low_accuracy: bool = False,
     deadline: Optional[float] = None,
+    label_selection: Optional[str] = None,
 ) -> tuple:
     """Scan one model with one method -> ``(ScanResult, report_dict)``.
 
@@ -404,6 +408,8 @@ def run_scan(
     ``allow_low_accuracy``: scan below the clean-accuracy floor (verdict ``inconclusive``) instead
     of raising ``DataError``. ``deadline`` (``time.monotonic()`` seconds, ``--time-budget``): the
     detector ends its search in time and says so (``ScanResult.time_limited``); never ``clean`` then.
+    ``label_selection``: how ``labels`` were chosen when not by the user (``tabor_tf.label_plan``),
+    for the report.
     """
     key = method_key(method)
     if prepared is None:
@@ -438,6 +444,7 @@ def run_scan(
             deadline=deadline,
             **({"strategy": execution.strategy} if key == "tabor" else {}),
         )
+    result.label_selection = label_selection
     reason = low_accuracy_reason(prepared.check)
     if reason:
         result.inconclusive.append(reason + " (scanned anyway: --allow-low-accuracy)")

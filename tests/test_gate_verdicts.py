@@ -69,7 +69,7 @@ def test_partial_labels_scan_is_inconclusive_everywhere(tiny_infected_victim, tm
     assert rc == EXIT_INCONCLUSIVE  # never 0 for labels nobody looked at
     report = _report(out)
     assert report["verdict"] == "inconclusive"
-    assert report["coverage"] == {"labels_scanned": 3, "num_classes": 10, "partial": True}
+    assert report["coverage"] == {"labels_scanned": 3, "num_classes": 10, "partial": True, "label_selection": None}
     assert any("partial scan: 3 of 10 labels" in r for r in report["inconclusive_reasons"])
     assert "PARTIAL: 3 of 10 labels scanned" in stdout
     assert str(out / "report.html") in stdout  # the summary names the html report too

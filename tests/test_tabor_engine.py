@@ -159,3 +159,46 @@ def test_a_saved_state_resumes_to_the_uninterrupted_result(tmp_path):
     # the finished state is on disk too: loading it again needs no more steps
     done = TriggerEngine(ConvVictim().logits, x, y, [0, 1, 2], config, preprocess="unit", seed=3)
     assert done.load_state(path, fingerprint="abc") and done.steps_done == 15
+
+
+class SlowVictim(ConvVictim):
+    """``ConvVictim`` whose every forward pass also sleeps ``seconds`` (a slow model in miniature)."""
+
+    def __init__(self, seconds: float):
+        super().__init__()
+        self.seconds = seconds
+
+    def logits(self, x):
+        def pause(v):
+            import time
+
+            time.sleep(self.seconds)
+            return v
+
+        x = tf.numpy_function(pause, [x], tf.float32, stateful=True)
+        return super().logits(tf.ensure_shape(x, [None, H, W, C]))
+
+
+def test_a_deadline_cuts_a_long_round_between_steps():
+    """One round of 200 steps would take ~10 s; a 1.5 s deadline ends it after a few steps, the
+    update still keeps triggers, and the labels stop with ``time_budget``."""
+    import time
+
+    from tabor_tf.tabor.engine import TIME_BUDGET
+
+    x, y = data()
+    config = cfg(steps=400, round_steps=200, min_rounds=100)
+    engine = TriggerEngine(SlowVictim(0.05).logits, x, y, [0, 1, 2], config, preprocess="unit", seed=3)
+    started = time.monotonic()
+    result = engine.run(deadline=started + 1.5)
+    elapsed = time.monotonic() - started
+    assert elapsed < 1.5 + 0.5, elapsed  # no whole round after the deadline
+    assert result.stop_reasons == [TIME_BUDGET] * 3 and result.time_limited
+    assert len(engine.history) == 1 and 1 <= engine.history[0]["cut"] < 200
+    assert int(result.steps.max()) == engine.history[0]["cut"] == engine.steps_done
+    assert np.all(result.masks.sum(axis=(1, 2)) > 0)  # the cut round's update kept a trigger
+
+
+def test_no_deadline_means_no_cut_rounds():
+    engine, result = run([0, 1], cfg())
+    assert not result.time_limited and all("cut" not in r for r in engine.history)

@@ -71,6 +71,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="end the scan within SECONDS (counted from the start, loading included) with the "
                              "best verdict reached by then, marked time-limited: infected if a label is already an "
                              "outlier, else inconclusive (exit 3); the same command resumes the search")
+    parser.add_argument("--prescreen", type=int, default=None, metavar="N",
+                        help="search only the N labels (at least 3) the logit pre-screen finds most suspicious "
+                             "(for models with many classes); a partial scan: inconclusive, exit 3, with the "
+                             "flagged labels as candidates. A TABOR --time-budget too short for every label "
+                             "pre-screens by itself")
     parser.add_argument("--json", action="store_true",
                         help="print report.json to stdout (the summary then goes to stderr)")
     parser.add_argument("--no-html", action="store_true", help="do not write report.html")
@@ -134,6 +139,10 @@ def _run(args) -> int:
         raise TaborError(f"--time-budget must be a positive number of seconds, got {args.time_budget}")
     if args.time_budget is not None and args.seeds > 1:
         raise TaborError("--time-budget applies to one scan; it cannot be combined with --seeds")
+    if args.prescreen is not None and args.seeds > 1:
+        raise TaborError("--prescreen applies to one scan; it cannot be combined with --seeds")
+    if args.prescreen is not None and args.prescreen < 3:
+        raise TaborError(f"--prescreen must keep at least 3 labels (the outlier test's minimum), got {args.prescreen}")
     deadline = None if args.time_budget is None else started_at + float(args.time_budget)
     resolve_mode(args.preprocess)
     if args.preset is not None:
@@ -141,7 +150,7 @@ def _run(args) -> int:
     identity = scan_identity(args.model, method=method, data_path=args.data, seed=args.seed, labels=labels,
                              preprocess=args.preprocess, max_samples=max_samples, preset=args.preset,
                              overrides=overrides, model_version=args.model_version, seeds=args.seeds,
-                             label_order=args.label_order)
+                             label_order=args.label_order, prescreen=args.prescreen)
     out_dir = args.out or default_out_dir(args.model, method, identity=identity)
     state = claim(out_dir, identity, overwrite=args.overwrite)
     info = sys.stderr
@@ -159,14 +168,16 @@ def _run(args) -> int:
                                   out_dir=out_dir)
     say(f"method       {'TABOR' if method == 'tabor' else 'Neural Cleanse'} -> {out_dir}", stream=info,
         quiet=args.quiet)
-    if method == "tabor" and not args.quiet:
-        _say_estimate(prepared, make_config(method, args.preset, overrides, prepared.victim.input_shape),
-                      len(labels) if labels else int(prepared.victim.num_classes), args.time_budget, info)
+    plan = _plan_labels(prepared, args, method, labels, overrides, deadline, out_dir, info)
+    if plan.labels is not None:
+        labels = plan.labels
+    if plan.eval_images is not None:
+        overrides = dict(overrides, eval_images=int(plan.eval_images))
     bar = ProgressBar("TABOR" if method == "tabor" else "Neural Cleanse", stream=info, quiet=args.quiet)
     with bar:
         _, report = run_scan(method=method, labels=labels, seed=args.seed, preset=args.preset, overrides=overrides,
                              out_dir=out_dir, progress=bar, prepared=prepared, html=not args.no_html,
-                             deadline=deadline)
+                             deadline=deadline, label_selection=plan.selection)
     report_path = str(out_dir) + "/report.json"
     html_path = None if args.no_html else str(out_dir) + "/report.html"
     if args.json:
@@ -183,17 +194,44 @@ def _run(args) -> int:
     return exit_for_verdict(report["verdict"])
 
 
-def _say_estimate(prepared, config, num_labels: int, time_budget, stream) -> None:
-    """The ``estimate`` line before the search starts (``tabor_tf.estimate``)."""
+def _plan_labels(prepared, args, method: str, labels, overrides: dict, deadline, out_dir, stream):
+    """The ``estimate`` line (TABOR, not quiet) and the labels the scan can afford
+    (``tabor_tf.label_plan``: ``--prescreen``, a TABOR ``--time-budget`` too short for all labels).
+    A resumed scan reuses the plan its first run saved."""
+    from pathlib import Path
+
     from ..estimate import estimate_tabor_scan
+    from ..label_plan import LabelPlan, load_plan, make_plan, save_plan
+    from ..output_folder import CHECKPOINT_DIR
+    from ..scanning import make_config
     from ..terminal import say
 
-    est = estimate_tabor_scan(prepared.victim, prepared.check.mode, num_labels, config, len(prepared.data.x))
-    line = est.line()
-    if time_budget is not None and est.seconds > float(time_budget):
-        line += (f"; --time-budget {float(time_budget):g} s covers about {100 * float(time_budget) / est.seconds:.0f}%"
-                 " of that: expect a partial answer")
-    say(f"estimate     {line}", stream=stream)
+    tabor = method == "tabor"
+    budgeted = tabor and deadline is not None
+    if not (args.prescreen is not None or budgeted or (tabor and not args.quiet)):
+        return LabelPlan()
+    config = make_config(method, args.preset, overrides, prepared.victim.input_shape)
+    candidates = labels if labels else list(range(int(prepared.victim.num_classes)))
+    est = None
+    if tabor and (budgeted or not args.quiet):
+        est = estimate_tabor_scan(prepared.victim, prepared.check.mode, len(candidates), config, len(prepared.data.x))
+        line = est.line()
+        if budgeted and est.seconds > float(args.time_budget):
+            line += (f"; --time-budget {float(args.time_budget):g} s covers about"
+                     f" {100 * float(args.time_budget) / est.seconds:.0f}% of that: expect a partial answer")
+        say(f"estimate     {line}", stream=stream, quiet=args.quiet)
+    folder = Path(out_dir) / CHECKPOINT_DIR
+    plan = load_plan(folder)
+    if plan is not None:
+        if plan.labels is not None:
+            plan.lines = [f"resuming the planned search of {len(plan.labels)} of {len(candidates)} labels"]
+    else:
+        budget = (deadline - time.monotonic(), est.images_per_second) if budgeted else None
+        plan = make_plan(prepared, candidates, keep=args.prescreen, budget=budget, config=config)
+        save_plan(folder, plan)
+    for line in plan.lines:
+        say(f"plan         {line}", stream=stream, quiet=args.quiet)
+    return plan
 
 
 def _print_probability(report: dict, stream) -> None:

@@ -361,21 +361,33 @@ class TriggerEngine:
     def active_positions(self) -> np.ndarray:
         return np.flatnonzero(self.state.active.numpy())
 
-    def run_round(self) -> dict:
-        """``round_steps`` steps for every active label, then the augmentation update."""
+    def run_round(self, out_of_time: Optional[Callable[[int], bool]] = None) -> Optional[dict]:
+        """``round_steps`` steps for every active label, then the augmentation update.
+
+        ``out_of_time(image_steps of the next step) -> bool`` is asked before every step: True ends
+        the round early (the update then uses the steps taken, and the record says ``"cut"``), or
+        skips it when no step was taken (-> None).
+        """
         cfg = self.config
         active = self.active_positions()
         steps = min(cfg.round_steps, cfg.steps - self.steps_done)
         chunks = plan_chunks(active, self.labels_per_chunk, cfg.label_bucket)
         chunk_tensors = [(tf.constant(p), tf.constant(r, tf.int32)) for p, r in chunks]
+        per_step = sum(len(p) for p, _ in chunks) * self.images_per_label
         self.sums.assign(tf.zeros_like(self.sums))
+        taken = 0
         for _ in range(steps):
+            if out_of_time is not None and out_of_time(per_step):
+                break
             batch = tf.constant(self.order.next())
             for padded, n_real in chunk_tensors:
                 self._step(padded, n_real, batch)
-        self.steps_done += steps
-        self.image_steps += steps * sum(len(p) for p, _ in chunks) * self.images_per_label
-        means = self.sums.numpy() / max(steps, 1)
+            taken += 1
+            self.image_steps += per_step
+        if taken == 0:
+            return None
+        self.steps_done += taken
+        means = self.sums.numpy() / taken
         terms, success = means[:, 1:7], means[:, 7]
         state, improved = aug.update(self.state, terms, success, self.settings)
         self.state = state
@@ -393,10 +405,13 @@ class TriggerEngine:
                                       self.best_pattern.numpy()[pos], self.state.reached.numpy()[pos]))
         self.rounds_done += 1
         retired_now = self._retire()
-        return {"step": self.steps_done, "active": [self.labels[i] for i in active],
-                "success": {self.labels[i]: round(float(success[i]), 4) for i in active},
-                "improved": [self.labels[i] for i in np.flatnonzero(imp)],
-                "retired": [self.labels[i] for i in np.flatnonzero(retired_now)]}
+        record = {"step": self.steps_done, "active": [self.labels[i] for i in active],
+                  "success": {self.labels[i]: round(float(success[i]), 4) for i in active},
+                  "improved": [self.labels[i] for i in np.flatnonzero(imp)],
+                  "retired": [self.labels[i] for i in np.flatnonzero(retired_now)]}
+        if taken < steps:
+            record["cut"] = taken
+        return record
 
     def kept_triggers(self) -> tuple:
         """The kept (best so far) triggers: ``(masks [K,H,W] in [0,1], patterns [K,H,W,C] raw 0..255)``."""
@@ -499,9 +514,10 @@ class TriggerEngine:
 
         ``checkpoint_path``: resume from this state file when it holds the same ``fingerprint``,
         and save the state there at most every ``config.checkpoint_seconds`` (at round ends) and
-        at the end. ``deadline`` (``time.monotonic()`` seconds): start no round that would end
-        after it; ``reserve(images_per_second)``: seconds to keep free before the deadline for what
-        follows the search (the scoring). Labels still running then stop with ``time_budget``.
+        at the end. ``deadline`` (``time.monotonic()`` seconds): take no step that would end after
+        it (checked before every step; the first step of a run measures the speed), cutting the
+        round short; ``reserve(images_per_second)``: seconds to keep free before the deadline for
+        what follows the search (the scoring). Labels still running then stop with ``time_budget``.
         ``screen(engine) -> keep [K] bool``: the two-stage scan's screen (``config.scheduler ==
         "two-stage"``), called once after ``config.screen_rounds`` rounds; labels it leaves out
         stop with ``screened`` (``two_stage.py``).
@@ -517,21 +533,26 @@ class TriggerEngine:
         start = time.perf_counter() - self.elapsed
         last_save = run_start = time.perf_counter()
         time_limited = False
-        round_seconds, images_before, rounds_here = 0.0, self.image_steps, 0
+        images_before = self.image_steps
+
+        def out_of_time(next_images: int) -> bool:
+            done = self.image_steps - images_before
+            if deadline is None or done == 0:  # the first step of this run measures the speed
+                return False
+            ips = done / max(time.perf_counter() - run_start, 1e-6)  # tracing included: cautious
+            spare = (reserve(ips) if reserve is not None else 0.0) + 1.5 * next_images / ips
+            return time.monotonic() + spare > deadline
+
         while self.steps_done < self.config.steps and self.state.active.numpy().any():
-            if deadline is not None and rounds_here:  # one round of this run measures the speed first
-                ips = (self.image_steps - images_before) / max(time.perf_counter() - run_start, 1e-6)
-                spare = (reserve(ips) if reserve is not None else 0.0) + round_seconds
-                if time.monotonic() + spare > deadline:
-                    time_limited = True
-                    break
             before = self.state.active.numpy()
-            round_start = time.perf_counter()
-            self.history.append(self.run_round())
+            record = self.run_round(out_of_time if deadline is not None else None)
+            if record is None or "cut" in record:
+                time_limited = True
+            if record is None:
+                break
+            self.history.append(record)
             if screen is not None and self.screen_due():
                 self.history[-1]["screened"] = self.apply_screen(screen(self))
-            rounds_here += 1
-            round_seconds = max(round_seconds * 0.5, time.perf_counter() - round_start)  # recent, cautious
             after = self.state.active.numpy()
             now = time.perf_counter() - start
             self.stopped_at[before & ~after] = now
@@ -543,6 +564,8 @@ class TriggerEngine:
             emit(progress, method=method, labels_done=int(k - after.sum()), labels_total=k,
                  step=self.steps_done, max_steps=int(self.config.steps), label=None,
                  message=f"round {len(self.history)}: {int(after.sum())} label(s) still optimising")
+            if time_limited:
+                break
         wall = time.perf_counter() - start
         self.elapsed = wall
         still = self.state.active.numpy()
