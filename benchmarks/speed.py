@@ -1,7 +1,7 @@
 """Speed benchmark of the TABOR engine and of full scans (not part of CI).
 
     python benchmarks/speed.py --model /work/runs/zoo-gtsrb/square-br-4 [--data GTSRB.npz | synthetic]
-        [--images 1000] [--preprocess unit] [--preset gtsrb] [--set KEY=VALUE ...] [--skip-nc]
+        [--images 1000] [--preprocess unit] [--preset gtsrb] [--set KEY=VALUE ...] [--skip-nc] [--labels N]
         [--only raw,engine,tabor-full,tabor-scheduled,tabor-two-stage,nc] [--out speed.json]
 
 Every measurement runs in its own subprocess (running eager code before a ``tf.function`` in the
@@ -80,7 +80,7 @@ def _worker(args) -> dict:
     import tensorflow as tf
 
     victim, x, y, mode = _load(args)
-    labels = list(range(int(victim.num_classes)))
+    labels = list(range(int(victim.num_classes)))[: args.labels or None]
     if args.worker == "raw":
         from tabor_tf.preprocess import preprocess as preprocess_fn
         from tabor_tf.tabor.engine import plan_chunks
@@ -160,6 +160,7 @@ def _parser():
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--seconds", type=float, default=20.0, help="measuring time of raw / engine")
+    ap.add_argument("--labels", type=int, default=0, help="raw / engine: only the first N labels (0: all)")
     ap.add_argument("--skip-nc", action="store_true")
     ap.add_argument("--only", default=None, help="comma-separated subset of " + ",".join(MODES))
     ap.add_argument("--out", default=None, help="write the JSON here")
@@ -175,7 +176,7 @@ def main(argv=None) -> int:
     modes = [m for m in (args.only.split(",") if args.only else MODES) if not (m == "nc" and args.skip_nc)]
     base = [sys.executable, os.path.abspath(__file__), "--model", args.model, "--data", args.data,
             "--images", str(args.images), "--preset", args.preset, "--seed", str(args.seed),
-            "--seconds", str(args.seconds)]
+            "--seconds", str(args.seconds), "--labels", str(args.labels)]
     if args.preprocess:
         base += ["--preprocess", args.preprocess]
     for s in args.set:

@@ -13,6 +13,7 @@ Usage (trajectories are cached in OUT/NAME/trajectory.npz, so a rerun only repla
 
   python benchmarks/stopping_rules.py --zoo runs/zoo-eval-dev --out runs/stopping-dev \
       [--only NAME ...] [--zoo-data gtsrb=PATH ...] [--max-samples 1000] [--seed 0] [--set KEY=VALUE ...]
+      [--rules full screen10-m1 ...]
 
 Writes OUT/rules.json and OUT/rules.md (per victim and summary).
 """
@@ -28,6 +29,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
+from tabor_tf import prescreen
 from tabor_tf.compare import card_data_source, load_truth, parse_zoo_data, zoo_cards
 from tabor_tf.outliers import mad_test
 from tabor_tf.scanning import parse_overrides, prepare
@@ -146,17 +148,18 @@ def rule_retire(t: Trajectory, **_):
     return out, 0
 
 
-def rule_two_stage(t: Trajectory, scorer, settings: TwoStageSettings, stall: int = 0, **_):
+def rule_two_stage(t: Trajectory, scorer, settings: TwoStageSettings, stall: int = 0, protect: int = 0, **_):
     """Screen every label at ``settings.screen_rounds`` with the real metric A, then only the kept
     labels run on (``two_stage.screen_keep``); a screen costs one scoring pass of every label.
-    ``stall > 0``: on top of ``rule_stall`` with that patience."""
+    ``stall > 0``: on top of ``rule_stall`` with that patience. ``protect > 0``: the top ``protect``
+    labels of the logit pre-screen are never screened out."""
     r0 = int(settings.screen_rounds)
     out = rule_stall(t, stall)[0] if stall else t.stop_rounds.copy()
     rows = [t.kept(i, min(r0, out[i])) for i in range(t.k)]
     a = scorer(rows)
     keep = screen_keep(a, np.array([out[i] <= r0 for i in range(t.k)]),
                        np.array([t.reached_by(i, min(r0, out[i])) for i in range(t.k)]),
-                       settings, side=scorer.side)
+                       settings, side=scorer.side, protected=scorer.protected(protect))
     for i in range(t.k):
         if not keep[i]:
             out[i] = min(out[i], r0)
@@ -178,6 +181,14 @@ class Scorer:
         self.threshold = decision_threshold(self.config, t.k)
         self.side = mad_side(self.config, t.k)
         self.cache = {}
+        logits = prescreen.clean_logits(self.victim, self.x, self.mode)
+        self.prescreen_order = prescreen.ranking(logits, self.y_ref, range(t.k))
+
+    def protected(self, top: int) -> np.ndarray:
+        """``[K]`` bool: the ``top`` labels of the logit pre-screen."""
+        out = np.zeros(self.t.k, bool)
+        out[self.prescreen_order[:int(top)]] = True
+        return out
 
     def __call__(self, rows):
         todo = sorted({r for r in rows if r not in self.cache})
@@ -197,7 +208,18 @@ class Scorer:
         return mad.flagged_labels, mad.anomaly_index
 
 
-def rules() -> dict:
+def rules(only=None) -> dict:
+    """Every rule by name (``only``: those names, with ``full`` always first)."""
+    every = _all_rules()
+    if not only:
+        return every
+    unknown = sorted(set(only) - set(every))
+    if unknown:
+        raise SystemExit(f"unknown rule(s) {unknown}; known: {', '.join(every)}")
+    return {n: every[n] for n in every if n == "full" or n in only}
+
+
+def _all_rules() -> dict:
     out = {"full": (rule_full, {}), "retire": (rule_retire, {})}
     for p in (4, 8, 12):
         out[f"stall{p}"] = (rule_stall, {"patience": p})
@@ -205,20 +227,25 @@ def rules() -> dict:
         for margin in (0.0, 0.5, 1.0):
             out[f"screen{r0}-m{margin:g}"] = (rule_two_stage, {"settings": TwoStageSettings(
                 screen_rounds=r0, keep_margin=margin)})
+    for r0 in (5, 10):
+        for margin in (0.0, 0.5):
+            for protect in (1, 3):
+                out[f"screen{r0}-m{margin:g}-p{protect}"] = (rule_two_stage, {"settings": TwoStageSettings(
+                    screen_rounds=r0, keep_margin=margin), "protect": protect})
     for stall in (8, 12):
         out[f"stall{stall}+screen20-m0"] = (rule_two_stage, {"settings": TwoStageSettings(
             screen_rounds=20, keep_margin=0.0), "stall": stall})
     return out
 
 
-def replay(path: Path, max_samples: int, prepared=None) -> dict:
+def replay(path: Path, max_samples: int, prepared=None, only=None) -> dict:
     t = Trajectory(path)
     scorer = Scorer(t, max_samples, prepared)
     ipl, rs = t.meta["images_per_label"], t.meta["round_steps"]
     full_steps = int(t.stop_rounds.sum()) * rs * ipl
     eval_n = min(len(scorer.x), scorer.config.eval_images)
     out = {}
-    for name, (fn, kw) in rules().items():
+    for name, (fn, kw) in rules(only).items():
         stop, screens = fn(t, scorer=scorer, **kw)
         flagged, index = scorer.verdict(stop)
         cost = int(stop.sum()) * rs * ipl + int(screens * scoring_image_steps(t.k, eval_n))
@@ -229,7 +256,7 @@ def replay(path: Path, max_samples: int, prepared=None) -> dict:
 
 
 def summarise(results: dict) -> str:
-    names = list(rules())
+    names = list(next(iter(results.values()))["rules"])
     lines = ["| victim | targets | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
     same = {n: 0 for n in names}
     frac = {n: [] for n in names}
@@ -257,6 +284,7 @@ def main(argv=None) -> int:
     p.add_argument("--max-samples", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--record-only", action="store_true")
+    p.add_argument("--rules", nargs="+", default=None, help="replay only these rules (default: all)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="search setting for the recorded run (e.g. batch_size=8); the metric keeps the preset's")
     args = p.parse_args(argv)
@@ -271,7 +299,7 @@ def main(argv=None) -> int:
         print(f"{name}", file=sys.stderr)
         path, prepared = record(Path(card), out / name, zoo_data, args.max_samples, args.seed, overrides)
         if not args.record_only:
-            results[name] = replay(path, args.max_samples, prepared)
+            results[name] = replay(path, args.max_samples, prepared, args.rules)
             (out / "rules.json").write_text(json.dumps(results, indent=1))
     if results:
         (out / "rules.md").write_text(summarise(results))

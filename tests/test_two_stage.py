@@ -31,6 +31,20 @@ def test_the_screen_stops_only_high_reached_running_labels_highest_first_within_
     assert screen_keep(a, np.zeros(k, bool), on, TwoStageSettings(keep_margin=50.0)).all()
 
 
+def test_protected_labels_are_never_screened_out():
+    a = np.array([1.0, 5.0, 5.1, 5.2, 5.3, 5.4, 5.5, 5.6, 5.7, 9.0, 9.5, 10.0, 11.0])
+    k = len(a)
+    protected = np.zeros(k, bool)
+    protected[[10, 12]] = True  # the pre-screen's top labels
+    keep = screen_keep(a, np.zeros(k, bool), np.ones(k, bool), TwoStageSettings(keep_margin=1.0), protected=protected)
+    assert np.flatnonzero(~keep).tolist() == [9, 11]
+    assert TwoStageSettings.from_config(preset("gtsrb", screen_protect=3)).protect == 3
+    with pytest.raises(ValueError):
+        TwoStageSettings(protect=-1)
+    with pytest.raises(TaborError, match="screen_protect"):
+        preset("gtsrb", screen_protect=-2)
+
+
 def test_the_cap_keeps_the_median_among_labels_that_ran_the_full_budget():
     a = np.arange(43, dtype=float)
     keep = screen_keep(a, np.zeros(43, bool), np.ones(43, bool), TwoStageSettings(keep_margin=0.0, max_fraction=0.45))

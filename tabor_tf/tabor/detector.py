@@ -24,6 +24,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from tabor_tf import prescreen
 from tabor_tf.errors import DataError, TaborError
 from tabor_tf.outliers import family_threshold, mad_test
 from tabor_tf.preprocess import resolve_mode
@@ -208,7 +209,13 @@ def two_stage_screen(victim, x, y_ref, config: TaborConfig, mode: str, seed: int
         masks, patterns = engine.kept_triggers()
         kept = SimpleNamespace(labels=engine.labels, masks=masks, patterns=patterns)
         a = [p["A"] for p in score_triggers(victim, x, y_ref, kept, config, mode, seed)]
-        return screen_keep(a, ~engine.state.active.numpy(), engine.state.reached.numpy(), settings, side=side)
+        protected = None
+        if settings.protect > 0:
+            order = prescreen.ranking(prescreen.clean_logits(victim, x, mode), y_ref, engine.labels)
+            top = set(order[:settings.protect])
+            protected = np.array([lab in top for lab in engine.labels])
+        return screen_keep(a, ~engine.state.active.numpy(), engine.state.reached.numpy(), settings, side=side,
+                           protected=protected)
 
     return screen
 

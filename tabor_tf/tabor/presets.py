@@ -74,6 +74,7 @@ class TaborConfig:
     screen_rounds: int = 10  # two-stage: rounds every label runs before the screen (dev half: 10 with margin 1)
     screen_margin: float = 1.0  # two-stage: stop labels with A above median + margin * MAD at the screen
     screen_max_fraction: float = 0.45  # two-stage: at most this share of the labels stops there (< 0.5)
+    screen_protect: int = 0  # two-stage: the top N labels of the logit pre-screen (prescreen.py) never stop there
     scheduler_warmup_rounds: int = 15  # rounds every label runs before any can be retired
     scheduler_margin: float = 1.5  # retire only labels whose bound is >= median + margin * MAD (scheduler.py)
     scheduler_max_fraction: float = 0.45  # at most this share of the labels is retired (< 0.5)
@@ -126,9 +127,10 @@ class TaborConfig:
             raise TaborError(f"learning_rate must be > 0, got {self.learning_rate}")
         if self.scheduler not in SCHEDULERS:
             raise TaborError(f"scheduler must be one of {', '.join(SCHEDULERS)}, got {self.scheduler!r}")
-        if int(self.screen_rounds) < 1 or not self.screen_margin >= 0 or not 0 <= self.screen_max_fraction < 0.5:
+        if int(self.screen_rounds) < 1 or not self.screen_margin >= 0 or not 0 <= self.screen_max_fraction < 0.5 \
+                or int(self.screen_protect) < 0:
             raise TaborError("two-stage settings need screen_rounds >= 1, screen_margin >= 0,"
-                             " 0 <= screen_max_fraction < 0.5")
+                             " 0 <= screen_max_fraction < 0.5, screen_protect >= 0")
         if int(self.scheduler_warmup_rounds) < 1 or not self.scheduler_margin >= 0 \
                 or not 0 <= self.scheduler_max_fraction < 0.5:
             raise TaborError("scheduler settings need warmup_rounds >= 1, margin >= 0, 0 <= max_fraction < 0.5")

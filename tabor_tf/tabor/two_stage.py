@@ -35,11 +35,13 @@ from tabor_tf.outliers import CONSISTENCY as MAD_CONSISTENCY
 class TwoStageSettings:
     """``screen_rounds``: rounds every label runs before the screen; ``keep_margin``: screened-out
     labels lie above ``median + keep_margin * MAD`` of A; ``max_fraction``: at most this share of
-    the labels is screened out (< 0.5, so the median is a label that ran the full budget)."""
+    the labels is screened out (< 0.5, so the median is a label that ran the full budget);
+    ``protect``: the top ``protect`` labels of the logit pre-screen are never screened out."""
 
     screen_rounds: int = 10
     keep_margin: float = 1.0
     max_fraction: float = 0.45
+    protect: int = 0
 
     def __post_init__(self):
         if int(self.screen_rounds) < 1:
@@ -48,21 +50,26 @@ class TwoStageSettings:
             raise ValueError(f"keep_margin must be >= 0, got {self.keep_margin}")
         if not 0 <= self.max_fraction < 0.5:
             raise ValueError(f"max_fraction must be in [0, 0.5), got {self.max_fraction}")
+        if int(self.protect) < 0:
+            raise ValueError(f"protect must be >= 0, got {self.protect}")
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_config(cls, config) -> "TwoStageSettings":
-        return cls(int(config.screen_rounds), float(config.screen_margin), float(config.screen_max_fraction))
+        return cls(int(config.screen_rounds), float(config.screen_margin), float(config.screen_max_fraction),
+                   int(getattr(config, "screen_protect", 0)))
 
 
-def screen_keep(scores, done, reached, settings: TwoStageSettings, side: str = "low") -> np.ndarray:
+def screen_keep(scores, done, reached, settings: TwoStageSettings, side: str = "low",
+                protected=None) -> np.ndarray:
     """``[K]`` A at the screen, ``[K]`` bool already stopped, ``[K]`` bool reached phi -> ``[K]``
     bool: the label runs on in stage 2 (stopped labels are kept as they are: True).
 
     The MAD is taken as the decision will take it (``side``: ``low`` = deviations of the scores at
-    or below the median, ``both`` = all), scaled by 1.4826.
+    or below the median, ``both`` = all), scaled by 1.4826. ``protected [K]`` bool: labels never
+    screened out (the top of the logit pre-screen, ``prescreen.py``).
     """
     a = np.asarray(scores, np.float64)
     done = np.asarray(done, bool)
@@ -77,7 +84,8 @@ def screen_keep(scores, done, reached, settings: TwoStageSettings, side: str = "
         dev = dev[a <= median]
     mad = MAD_CONSISTENCY * float(np.median(dev)) if len(dev) else 0.0
     line = median + float(settings.keep_margin) * mad
-    candidates = np.flatnonzero((a > line) & reached & ~done)
+    shielded = np.zeros(k, bool) if protected is None else np.asarray(protected, bool)
+    candidates = np.flatnonzero((a > line) & reached & ~done & ~shielded)
     cap = int(np.floor(float(settings.max_fraction) * k))
     candidates = candidates[np.argsort(-a[candidates], kind="stable")][:cap]
     keep[candidates] = False
