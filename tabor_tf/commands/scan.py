@@ -106,14 +106,14 @@ def describe_inputs(prepared, quiet: bool, stream=None) -> None:
 
 
 def run(args) -> int:
+    started_at = time.monotonic()  # --time-budget counts from here, TensorFlow's import included
     from ..distribute import execution_from_args, using
 
     with using(execution_from_args(args)):  # before any model loading (multiworker needs it first)
-        return _run(args)
+        return _run(args, started_at)
 
 
-def _run(args) -> int:
-    started_at = time.monotonic()
+def _run(args, started_at: float) -> int:
     from ..cli import exit_for_verdict
     from ..errors import TaborError
     from ..output_folder import claim, default_out_dir

@@ -515,8 +515,8 @@ class TriggerEngine:
         ``checkpoint_path``: resume from this state file when it holds the same ``fingerprint``,
         and save the state there at most every ``config.checkpoint_seconds`` (at round ends) and
         at the end. ``deadline`` (``time.monotonic()`` seconds): take no step that would end after
-        it (checked before every step; the first step of a run measures the speed), cutting the
-        round short; ``reserve(images_per_second)``: seconds to keep free before the deadline for
+        it (checked before every step; the steps after the first, which traces, measure the speed),
+        cutting the round short; ``reserve(images_per_second)``: seconds to keep free before the deadline for
         what follows the search (the scoring). Labels still running then stop with ``time_budget``.
         ``screen(engine) -> keep [K] bool``: the two-stage scan's screen (``config.scheduler ==
         "two-stage"``), called once after ``config.screen_rounds`` rounds; labels it leaves out
@@ -535,11 +535,16 @@ class TriggerEngine:
         time_limited = False
         images_before = self.image_steps
 
+        mark = {}  # time and image-steps after this run's first step (which traces the step function)
+
         def out_of_time(next_images: int) -> bool:
-            done = self.image_steps - images_before
-            if deadline is None or done == 0:  # the first step of this run measures the speed
+            if deadline is None or self.image_steps == images_before:
                 return False
-            ips = done / max(time.perf_counter() - run_start, 1e-6)  # tracing included: cautious
+            if not mark:  # the second step runs if a step as slow as the first (tracing) still fits
+                mark.update(t=time.perf_counter(), n=self.image_steps)
+                return time.monotonic() + (mark["t"] - run_start) > deadline
+            done = self.image_steps - mark["n"]
+            ips = done / max(time.perf_counter() - mark["t"], 1e-6)
             spare = (reserve(ips) if reserve is not None else 0.0) + 1.5 * next_images / ips
             return time.monotonic() + spare > deadline
 
