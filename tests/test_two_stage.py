@@ -131,3 +131,34 @@ def test_the_detector_screens_only_where_the_decision_uses_the_low_side_mad():
     assert two_stage_screen(None, None, None, preset("gtsrb", scheduler="none"), "unit", 0, 43) is None
     assert two_stage_screen(None, None, None, preset("gtsrb", scheduler="two-stage", mad_side="both"),
                             "unit", 0, 43) is None
+
+
+def test_the_detectors_screen_never_stops_the_top_of_the_logit_prescreen(monkeypatch):
+    """A label the pre-screen ranks first runs on even when its A at the screen is the highest."""
+    from types import SimpleNamespace
+
+    import tensorflow as tf
+
+    from tabor_tf.tabor import detector
+
+    k = 24
+    favoured = 5  # every clean image gives label 5 a high logit
+
+    class Victim:
+        def logits(self, x):
+            row = np.zeros(k, np.float32)
+            row[favoured] = 4.0
+            return tf.reduce_mean(x, axis=[1, 2, 3])[:, None] * 0.0 + tf.constant(row[None])
+
+    a = np.linspace(1.0, 3.0, k)
+    a[favoured] = 50.0  # far above every other label: the screen would stop it first
+    monkeypatch.setattr(detector, "score_triggers", lambda *args, **kw: [{"A": float(v)} for v in a])
+    x = np.random.default_rng(0).uniform(0, 255, (48, 4, 4, 3)).astype(np.float32)
+    y = np.arange(48) % k
+    engine = SimpleNamespace(labels=list(range(k)), kept_triggers=lambda: (None, None),
+                             state=SimpleNamespace(active=tf.ones([k], tf.bool), reached=tf.ones([k], tf.bool)))
+    for protect, runs_on in ((0, False), (1, True)):
+        config = preset("gtsrb", scheduler="two-stage", screen_margin=0.0, screen_protect=protect)
+        keep = detector.two_stage_screen(Victim(), x, y, config, "unit", 0, k)(engine)
+        assert bool(keep[favoured]) is runs_on
+        assert (~keep).sum() == int(0.45 * k)  # the cap still fills up from the other labels
