@@ -217,8 +217,9 @@ def _plan_labels(prepared, args, method: str, labels, overrides: dict, deadline,
         est = estimate_tabor_scan(prepared.victim, prepared.check.mode, len(candidates), config, len(prepared.data.x))
         line = est.line()
         if budgeted and est.seconds > float(args.time_budget):
-            line += (f"; --time-budget {float(args.time_budget):g} s covers about"
-                     f" {100 * float(args.time_budget) / est.seconds:.0f}% of that: expect a partial answer")
+            share = 100 * float(args.time_budget) / est.seconds
+            line += (f"; --time-budget {float(args.time_budget):g} s covers"
+                     f" {'under 1' if share < 1 else f'about {share:.0f}'}% of that: expect a partial answer")
         say(f"estimate     {line}", stream=stream, quiet=args.quiet)
     folder = Path(out_dir) / CHECKPOINT_DIR
     plan = load_plan(folder)
