@@ -80,8 +80,10 @@ class ProgressBar:
         width: int = 28,
         plain_every: float = 30.0,
         clock_fn=time.monotonic,
+        deadline: Optional[float] = None,
     ):
         self.title = title
+        self.deadline = deadline  # --time-budget (``clock_fn`` seconds): the estimate never runs past it
         self.stream = stream if stream is not None else sys.stderr
         self.quiet = quiet
         self.width = width
@@ -123,12 +125,14 @@ class ProgressBar:
                 self.stream.flush()
 
     def estimate_left(self, event: ProgressEvent, now: Optional[float] = None) -> Optional[float]:
-        """Seconds left, from the elapsed time and the share done (None until 1% is done)."""
+        """Seconds left, from the elapsed time and the share done (None until 1% is done), at most
+        the time to the deadline when there is one."""
         now = self.clock() if now is None else now
         frac = self._fraction if event is self.last_event else progress_fraction(event)
         if frac < 0.01:
-            return None
-        return (now - self.start) * (1.0 - frac) / frac
+            return None if self.deadline is None else max(self.deadline - now, 0.0)
+        left = (now - self.start) * (1.0 - frac) / frac
+        return left if self.deadline is None else min(left, max(self.deadline - now, 0.0))
 
     def line(self, event: ProgressEvent, now: Optional[float] = None) -> str:
         now = self.clock() if now is None else now

@@ -218,6 +218,20 @@ def test_progress_bar_plain_lines_when_not_a_terminal():
     assert "~0:30 left" in lines[1]
 
 
+def test_progress_bar_never_estimates_past_the_time_budget():
+    clock = FakeClock()
+    bar = ProgressBar("TABOR", stream=io.StringIO(), clock_fn=clock, deadline=100.0)
+    clock.t = 10
+    assert bar.estimate_left(ev(0, 4, 0, 400, label=None)) == pytest.approx(90.0)  # nothing done yet: the budget
+    bar(ev(0, 4, 8, 400))  # 2% done in 10 s: the share done says ~490 s more
+    assert bar.estimate_left(bar.last_event) == pytest.approx(90.0)
+    clock.t = 120
+    assert bar.estimate_left(bar.last_event) == 0.0
+    free = ProgressBar("TABOR", stream=io.StringIO(), clock_fn=clock)
+    free(ev(0, 4, 8, 400))
+    assert free.estimate_left(free.last_event) > 1000
+
+
 def test_progress_bar_tty_redraws_and_quiet_is_silent():
     clock, tty = FakeClock(), Tty()
     bar = ProgressBar("TABOR", stream=tty, clock_fn=clock)

@@ -173,7 +173,8 @@ def _run(args, started_at: float) -> int:
         labels = plan.labels
     if plan.eval_images is not None:
         overrides = dict(overrides, eval_images=int(plan.eval_images))
-    bar = ProgressBar("TABOR" if method == "tabor" else "Neural Cleanse", stream=info, quiet=args.quiet)
+    bar = ProgressBar("TABOR" if method == "tabor" else "Neural Cleanse", stream=info, quiet=args.quiet,
+                      deadline=deadline)
     with bar:
         _, report = run_scan(method=method, labels=labels, seed=args.seed, preset=args.preset, overrides=overrides,
                              out_dir=out_dir, progress=bar, prepared=prepared, html=not args.no_html,
