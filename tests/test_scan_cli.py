@@ -227,7 +227,9 @@ def test_progress_bar_never_estimates_past_the_time_budget():
     assert bar.estimate_left(bar.last_event) == pytest.approx(90.0)
     clock.t = 120
     assert bar.estimate_left(bar.last_event) == 0.0
+    clock.t = 0
     free = ProgressBar("TABOR", stream=io.StringIO(), clock_fn=clock)
+    clock.t = 10
     free(ev(0, 4, 8, 400))
     assert free.estimate_left(free.last_event) > 1000
 
