@@ -31,7 +31,7 @@ from tabor_tf.preprocess import resolve_mode
 from tabor_tf.progress import ProgressFn, emit
 from tabor_tf.results import LabelResult, ScanResult
 
-from . import quality
+from . import confirm, quality
 from .engine import TIME_BUDGET, EngineResult, TriggerEngine
 from .two_stage import TwoStageSettings, screen_keep
 from .explain import TriggerEvaluator
@@ -42,7 +42,7 @@ CHECKPOINT_FILE = "tabor_triggers.npz"
 STATE_FILE = "tabor_engine_state.npz"  # the engine's state while it runs (removed once the triggers are saved)
 # settings that change only the metric or the decision, not the optimised triggers
 _NOT_IN_FINGERPRINT = ("preset", "eval_images", "footprint_threshold", "explain_fraction", "explain_reference",
-                       "mad_threshold", "family_alpha", "mad_side", "accuracy_floor",
+                       "mad_threshold", "family_alpha", "mad_side", "accuracy_floor", "confirm_seeds",
                        "max_images_per_step", "label_bucket", "checkpoint_seconds")
 
 
@@ -220,6 +220,41 @@ def two_stage_screen(victim, x, y_ref, config: TaborConfig, mode: str, seed: int
     return screen
 
 
+def _confirm(victim, x, y_ref, config: TaborConfig, mode: str, seed: int, mad, strategy, result: EngineResult,
+             deadline: Optional[float], notes: list) -> tuple:
+    """``config.confirm_seeds`` fresh starts of the flagged labels (``confirm.py``) -> ``(mad with
+    the labels that repeat, {label: [indices]} or None)``; skipped, with a note, when the search
+    was cut by the deadline or the confirmation would not fit before it."""
+    if int(config.confirm_seeds) <= 0 or not mad.flagged_labels:
+        return mad, None
+    n = len(mad.flagged_labels)
+    if result.time_limited:
+        notes.append("flags not confirmed from fresh starts: the time budget cut the search")
+        return mad, None
+    if deadline is not None:
+        per_label = int(config.steps) * (int(config.batch_size) + int(config.blocking_batch_size) + 1)
+        need = int(config.confirm_seeds) * n * (per_label + scoring_image_steps(1, int(config.eval_images)))
+        if time.monotonic() + 2.0 * need / max(result.images_per_second, 1.0) > deadline:
+            notes.append("flags not confirmed from fresh starts: no time left in the budget")
+            return mad, None
+
+    def score(res):
+        return [p["A"] for p in score_triggers(victim, x, y_ref, res, config, mode, seed)]
+
+    repeats = confirm.run_confirmation(victim, x, y_ref, config, mode, seed, mad, strategy=strategy, score=score)
+    confirmed, indices = confirm.decide(mad, repeats)
+    dropped = [lab for lab in mad.flagged_labels if lab not in confirmed.flagged_labels]
+    seeds = ", ".join(map(str, confirm.confirm_seeds(seed, int(config.confirm_seeds))))
+    if dropped:
+        notes.append(f"label(s) {', '.join(map(str, dropped))} did not repeat from fresh starts (seeds {seeds}):"
+                     " not flagged (" + "; ".join(f"{lab}: index {-mad.label_indices[lab]:.2f} then"
+                                                  f" {', '.join(f'{v:.2f}' for v in indices[lab])}"
+                                                  for lab in dropped) + ")")
+    else:
+        notes.append(f"every flagged label repeated from fresh starts (seeds {seeds})")
+    return confirmed, indices
+
+
 def scan(victim, data, *, preprocess: str, labels: Optional[Sequence[int]] = None,
          config: Optional[TaborConfig] = None, seed: int = 0, progress: ProgressFn = None,
          checkpoint_dir=None, strategy=None, deadline: Optional[float] = None) -> ScanResult:
@@ -262,6 +297,7 @@ def scan(victim, data, *, preprocess: str, labels: Optional[Sequence[int]] = Non
     a_values = [p["A"] for p in scores]
     mad = mad_test(a_values, chosen, threshold=decision_threshold(config, len(chosen)),
                    side=mad_side(config, len(chosen)))
+    mad, confirmation = _confirm(victim, x, y_ref, config, mode, seed, mad, strategy, result, deadline, notes)
     label_results = []
     for i, lab in enumerate(chosen):
         parts = dict(scores[i])
@@ -269,6 +305,8 @@ def scan(victim, data, *, preprocess: str, labels: Optional[Sequence[int]] = Non
         parts["terms"] = {n: float(v) for n, v in zip(TERM_NAMES, result.best_terms[i])}
         parts["round_success"] = float(result.round_success[i])
         parts["reached_threshold"] = bool(result.reached[i])
+        if confirmation and lab in confirmation:
+            parts["confirm_indices"] = confirmation[lab]
         mask = np.asarray(result.masks[i], np.float32)
         label_results.append(LabelResult(
             label=lab, mask=mask, pattern=np.asarray(result.patterns[i], np.float32), score=float(parts["A"]),

@@ -64,6 +64,7 @@ class TaborConfig:
     family_alpha: float = 0.2  # > 0: threshold = max(mad_threshold, family_threshold(K, alpha)) (outliers.py)
     mad_side: str = "auto"  # MAD of the scores below the median ("low"), of all deviations ("both", NC),
     # or "auto": "low" from LOW_SIDE_MIN_LABELS labels up (a lower half of 10+ scores), else "both"
+    confirm_seeds: int = 0  # > 0: flagged labels stay flagged only if they repeat from this many fresh starts (confirm.py)
     # compute layout
     max_images_per_step: int = 4096  # stamped images in one forward pass; labels are chunked to fit
     label_bucket: int = 4  # chunks padded to a multiple of this many labels (few distinct shapes)

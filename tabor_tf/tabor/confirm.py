@@ -1,0 +1,58 @@
+"""Confirm TABOR's flags from fresh starts: keep only anomalies that repeat.
+
+A low outlier of A can be a real trigger or the least-bad natural feature that one initialisation
+and batch order happened to find. After the MAD test, every flagged label is optimised again
+from ``confirm_seeds`` fresh starts (another seed: another initial trigger and batch order), the
+new triggers are scored with the same metric, and each new A is placed on the first run's median
+and MAD. A label stays flagged only when its index exceeds the threshold from every fresh start.
+The other labels are not re-run: the cost is the flagged labels' share of a scan (one or two
+labels of 43, about 2-5%, per confirmation seed). Measured on the dev half of the evaluation zoo
+(``benchmarks/confirm_flags.py``, docs/TABOR_CHOICES.md "Confirming flags").
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+import numpy as np
+
+from tabor_tf.outliers import MadResult
+
+def confirm_seeds(seed: int, count: int) -> list:
+    """The seeds of ``count`` fresh starts for a scan with ``seed``: ``seed + 1 ... seed + count``."""
+    return [int(seed) + 1 + j for j in range(int(count))]
+
+
+def index_on(mad: MadResult, score: float) -> float:
+    """Anomaly index of ``score`` on ``mad``'s median and MAD (positive = below the median)."""
+    if mad.mad > 0:
+        return float((mad.median - float(score)) / mad.mad)
+    return float(np.inf if score < mad.median else 0.0)
+
+
+def decide(mad: MadResult, repeats: dict) -> tuple:
+    """``repeats``: label -> [A from each fresh start] -> ``(MadResult with only the labels whose
+    every new index exceeds the threshold, {label: [indices]})``."""
+    indices = {int(lab): [round(index_on(mad, a), 4) for a in scores] for lab, scores in repeats.items()}
+    kept = [lab for lab in mad.flagged_labels
+            if lab in indices and indices[lab] and min(indices[lab]) > mad.threshold]
+    return dataclasses.replace(mad, flagged_labels=kept), indices
+
+
+def run_confirmation(victim, x, y_ref, config, mode: str, seed: int, mad: MadResult, *, strategy=None,
+                     score=None) -> Optional[dict]:
+    """Re-optimise ``mad.flagged_labels`` from ``config.confirm_seeds`` fresh starts -> label -> [A]
+    (None when there is nothing to confirm). ``score(engine_result) -> [A]`` scores triggers."""
+    from .engine import TriggerEngine
+
+    labels = list(mad.flagged_labels)
+    if not labels or int(config.confirm_seeds) <= 0:
+        return None
+    out = {lab: [] for lab in labels}
+    for fresh in confirm_seeds(seed, int(config.confirm_seeds)):
+        engine = TriggerEngine(victim.logits, x, y_ref, labels, config, preprocess=mode, seed=fresh,
+                               strategy=strategy)
+        for lab, a in zip(labels, score(engine.run())):
+            out[lab].append(float(a))
+    return out
