@@ -5,25 +5,37 @@ import pytest
 
 from tabor_tf.outliers import mad_test
 from tabor_tf.tabor import preset
-from tabor_tf.tabor.confirm import confirm_seeds, decide, index_on
+from tabor_tf.tabor.confirm import averaged_index, confirm_seeds, decide, index_on
 
 
 def _mad():
-    a = np.r_[1.0, 2.0, np.linspace(8.0, 10.0, 41)]  # labels 0 and 1 far below the rest
-    return mad_test(a, threshold=2.6, side="low")
+    """43 scores: label 0 far below the rest (a strong trigger), label 1 just past the threshold 2.6."""
+    rest = np.linspace(8.0, 10.0, 41)
+    probe = mad_test(np.r_[1.0, 9.0, rest], threshold=2.6, side="low")
+    return mad_test(np.r_[1.0, probe.median - 2.8 * probe.mad, rest], threshold=2.6, side="low")
 
 
-def test_only_labels_that_repeat_from_every_fresh_start_stay_flagged():
+def test_only_labels_whose_index_averaged_over_fresh_starts_exceeds_the_threshold_stay_flagged():
     mad = _mad()
     assert mad.flagged_labels == [0, 1]
-    # label 0's new triggers are as good as the first; label 1's fresh start lands among the ordinary labels
-    kept, indices = decide(mad, {0: [1.1, 0.9], 1: [2.2, 8.9]})
+    first = -mad.label_indices[1]
+    assert 2.6 < first < 3.0
+
+    def a_at(index):
+        return mad.median - index * mad.mad
+
+    # label 0 repeats; label 1, a natural feature, lands lower from fresh starts (2.3, 2.0): dropped
+    kept, indices = decide(mad, {0: [a_at(9.0), a_at(9.5)], 1: [a_at(2.3), a_at(2.0)]})
     assert kept.flagged_labels == [0]
-    assert indices[0][0] == pytest.approx(index_on(mad, 1.1), abs=1e-4) and indices[1][1] < 2.6 < indices[1][0]
+    assert indices[1] == pytest.approx([2.3, 2.0], abs=1e-3)
+    assert averaged_index(mad, 1, indices[1]) == pytest.approx((first + 4.3) / 3, abs=1e-3)
+    # a weak target: one fresh start just below the threshold, the average above it -> kept
+    kept, indices = decide(mad, {1: [a_at(2.5), a_at(2.9)]})
+    assert kept.flagged_labels == [1] and min(indices[1]) < 2.6
     assert kept.anomaly_index == mad.anomaly_index and kept.median == mad.median  # the first run's numbers stay
-    nothing, _ = decide(mad, {0: [9.0], 1: [9.5]})
+    nothing, _ = decide(mad, {1: [a_at(0.0)] * 2})  # label 0 has no fresh starts: not kept either
     assert nothing.flagged_labels == [] and not nothing.infected
-    assert decide(mad, {0: [1.0]})[0].flagged_labels == [0]  # a label without repeats is not kept
+    assert decide(mad, {0: [a_at(9.0)]})[0].flagged_labels == [0]  # label 1 without fresh starts is not kept
 
 
 def test_index_on_the_first_runs_scale_and_the_fresh_seeds():
@@ -45,7 +57,7 @@ def test_a_scan_confirms_its_flags_and_says_so(tiny_infected_victim):
     confirmed = scan(victim, data, preprocess=v.preprocess, config=preset("fast", confirm_seeds=1), seed=0)
     assert 7 in confirmed.flagged_labels  # the backdoor target repeats from a fresh start
     assert set(confirmed.flagged_labels) <= set(plain.flagged_labels)
-    assert any("fresh starts (seeds 1)" in n for n in confirmed.notes)
+    assert any("flags confirmed from fresh starts (seeds 1): 7:" in n for n in confirmed.notes)
     for lab in plain.flagged_labels:
         assert len(confirmed.by_label(lab).parts["confirm_indices"]) == 1
     unflagged = [r.label for r in confirmed.labels if r.label not in plain.flagged_labels]

@@ -245,13 +245,17 @@ def _confirm(victim, x, y_ref, config: TaborConfig, mode: str, seed: int, mad, s
     confirmed, indices = confirm.decide(mad, repeats)
     dropped = [lab for lab in mad.flagged_labels if lab not in confirmed.flagged_labels]
     seeds = ", ".join(map(str, confirm.confirm_seeds(seed, int(config.confirm_seeds))))
+    def story(lab) -> str:
+        return (f"{lab}: {-mad.label_indices[lab]:.2f}, then {', '.join(f'{v:.2f}' for v in indices[lab])},"
+                f" mean {confirm.averaged_index(mad, lab, indices[lab]):.2f}")
+
     if dropped:
-        notes.append(f"label(s) {', '.join(map(str, dropped))} did not repeat from fresh starts (seeds {seeds}):"
-                     " not flagged (" + "; ".join(f"{lab}: index {-mad.label_indices[lab]:.2f} then"
-                                                  f" {', '.join(f'{v:.2f}' for v in indices[lab])}"
-                                                  for lab in dropped) + ")")
-    else:
-        notes.append(f"every flagged label repeated from fresh starts (seeds {seeds})")
+        notes.append(f"label(s) {', '.join(map(str, dropped))} not flagged: the anomaly index averaged over fresh"
+                     f" starts (seeds {seeds}) is not above the threshold {mad.threshold:.2f} ("
+                     + "; ".join(story(lab) for lab in dropped) + ")")
+    if confirmed.flagged_labels:
+        notes.append(f"flags confirmed from fresh starts (seeds {seeds}): "
+                     + "; ".join(story(lab) for lab in confirmed.flagged_labels))
     return confirmed, indices
 
 
