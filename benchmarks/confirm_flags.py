@@ -25,7 +25,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from stopping_rules import Scorer, Trajectory  # noqa: E402
 
+from tabor_tf.compare import load_truth  # noqa: E402
+from tabor_tf.fidelity import correctness, trigger_fidelity  # noqa: E402
 from tabor_tf.outliers import mad_test  # noqa: E402
+from tabor_tf.tabor.confirm import decide  # noqa: E402
 from tabor_tf.tabor.detector import score_triggers  # noqa: E402
 from tabor_tf.tabor.engine import TriggerEngine  # noqa: E402
 
@@ -40,8 +43,14 @@ def confirm(path: Path, seeds, max_samples: int) -> dict:
            "anomaly_index": round(mad.anomaly_index, 2), "threshold": round(scorer.threshold, 2),
            "first_index": {str(lab): round(-mad.label_indices[lab], 2) for lab in mad.flagged_labels},
            "repeats": {}, "seconds": {}}
+    truth = load_truth(Path(t.meta["model"]).parent / "card.json")
+    out["f1"] = {str(lab): round(trigger_fidelity(t.masks[rows[lab]].astype(np.float32), truth["_masks"][lab])["f1"], 3)
+                 for lab in t.meta["targets"]}
+    out["symbol"] = correctness(mad.flagged_labels, t.meta["targets"])
+    out["confirmed"], out["confirmed_symbol"] = list(mad.flagged_labels), out["symbol"]
     if not mad.flagged_labels:
         return out
+    repeats = {lab: [] for lab in mad.flagged_labels}
     for seed in seeds:
         started = time.perf_counter()
         engine = TriggerEngine(scorer.victim.logits, scorer.x, scorer.y_ref, mad.flagged_labels, scorer.config,
@@ -52,6 +61,11 @@ def confirm(path: Path, seeds, max_samples: int) -> dict:
         out["repeats"][str(seed)] = {str(lab): round((mad.median - p["A"]) / scale, 2)
                                      for lab, p in zip(mad.flagged_labels, parts)}
         out["seconds"][str(seed)] = round(time.perf_counter() - started, 1)
+        for lab, p in zip(mad.flagged_labels, parts):
+            repeats[lab].append(float(p["A"]))
+    kept, _ = decide(mad, repeats)
+    out["confirmed"] = list(kept.flagged_labels)
+    out["confirmed_symbol"] = correctness(kept.flagged_labels, t.meta["targets"])
     return out
 
 
@@ -72,12 +86,21 @@ def main(argv=None) -> int:
         print(name, json.dumps(results[name]), file=sys.stderr, flush=True)
         if args.out:
             Path(args.out).write_text(json.dumps(results, indent=1))
-    lines = ["| victim | targets | flagged (index) | " + " | ".join(f"seed {s}" for s in args.seeds) + " |",
-             "|---|---|---|" + "---|" * len(args.seeds)]
+    lines = ["| victim | targets | flagged (index) | " + " | ".join(f"seed {s}" for s in args.seeds)
+             + " | confirmed (mean rule) | target F1 |", "|---|---|---|" + "---|" * len(args.seeds) + "---|---|"]
     for name, r in results.items():
         first = ", ".join(f"{lab} ({idx})" for lab, idx in r["first_index"].items()) or "none"
         cells = [", ".join(f"{lab}: {v}" for lab, v in r["repeats"].get(str(s), {}).items()) or "-" for s in args.seeds]
-        lines.append(f"| {name} | {r['targets']} | {first} | " + " | ".join(cells) + " |")
+        f1 = ", ".join(f"{lab}: {v}" for lab, v in r.get("f1", {}).items()) or "-"
+        lines.append(f"| {name} | {r['targets']} | {r.get('symbol', '')} {first} | " + " | ".join(cells)
+                     + f" | {r.get('confirmed_symbol', '')} {r.get('confirmed', '')} | {f1} |")
+    summary = {}
+    for key in ("symbol", "confirmed_symbol"):
+        syms = [r.get(key) for r in results.values() if r.get(key)]
+        summary[key] = {s: syms.count(s) for s in sorted(set(syms))}
+    f1s = [v for r in results.values() for v in r.get("f1", {}).values()]
+    lines.append(f"\nfirst run: {summary['symbol']}; confirmed: {summary['confirmed_symbol']};"
+                 f" mean target F1 {np.mean(f1s) if f1s else float('nan'):.2f} over {len(f1s)} targets")
     print("\n".join(lines))
     return 0
 

@@ -215,6 +215,7 @@ def summary_lines(report: dict, report_path: Optional[str] = None, html_path: Op
     lines += [
         f"{'candidate labels' if inconclusive else 'flagged labels  '} {', '.join(map(str, flagged)) if flagged else 'none'}",
         f"anomaly index    {_index_text(report.get('anomaly_index'))}  (threshold {float(mad.get('threshold') or 2.0):g})",
+        *[f"fresh starts     {n}" for n in report.get("notes") or () if "fresh starts" in n],
         f"clean accuracy   {'unknown' if acc is None else f'{100 * float(acc):.1f}%'}"
         f"  (preprocessing {prep.get('mode', '?')})",
         f"time             {human_duration(float(report.get('seconds', 0.0)))}",

@@ -38,6 +38,14 @@ def test_only_labels_whose_index_averaged_over_fresh_starts_exceeds_the_threshol
     assert decide(mad, {0: [a_at(9.0)]})[0].flagged_labels == [0]  # label 1 without fresh starts is not kept
 
 
+def test_the_default_confirms_from_two_fresh_starts_and_bad_values_are_refused():
+    from tabor_tf.errors import TaborError
+
+    assert preset("gtsrb").confirm_seeds == 2 and preset("imagenet").confirm_seeds == 2
+    with pytest.raises(TaborError, match="confirm_seeds"):
+        preset("gtsrb", confirm_seeds=-1)
+
+
 def test_index_on_the_first_runs_scale_and_the_fresh_seeds():
     mad = _mad()
     assert index_on(mad, mad.median) == 0.0
@@ -52,8 +60,8 @@ def test_a_scan_confirms_its_flags_and_says_so(tiny_infected_victim):
 
     v = tiny_infected_victim
     victim, data = load_victim(v.model_path), load_clean_data(v.data_path, limit=300, seed=0)
-    plain = scan(victim, data, preprocess=v.preprocess, config=preset("fast"), seed=0)
-    assert 7 in plain.flagged_labels
+    plain = scan(victim, data, preprocess=v.preprocess, config=preset("fast", confirm_seeds=0), seed=0)
+    assert 7 in plain.flagged_labels and not any("fresh starts" in n for n in plain.notes)
     confirmed = scan(victim, data, preprocess=v.preprocess, config=preset("fast", confirm_seeds=1), seed=0)
     assert 7 in confirmed.flagged_labels  # the backdoor target repeats from a fresh start
     assert set(confirmed.flagged_labels) <= set(plain.flagged_labels)

@@ -259,3 +259,7 @@ def test_summary_lines():
     report.update(verdict="clean", flagged_labels=[], anomaly_index=None)
     text = "\n".join(summary_lines(report))
     assert "CLEAN" in text and "none" in text and "infinite" in text
+    note = "label(s) 2 not flagged: the anomaly index averaged over fresh starts (seeds 1, 2) is not above the threshold"
+    report.update(notes=[note, "triggers of 43 labels reused from x"])
+    lines = summary_lines(report)
+    assert f"fresh starts     {note}" in lines and not any("reused" in ln for ln in lines)

@@ -64,7 +64,8 @@ class TaborConfig:
     family_alpha: float = 0.2  # > 0: threshold = max(mad_threshold, family_threshold(K, alpha)) (outliers.py)
     mad_side: str = "auto"  # MAD of the scores below the median ("low"), of all deviations ("both", NC),
     # or "auto": "low" from LOW_SIDE_MIN_LABELS labels up (a lower half of 10+ scores), else "both"
-    confirm_seeds: int = 0  # > 0: flagged labels stay flagged only if they repeat from this many fresh starts (confirm.py)
+    confirm_seeds: int = 2  # flagged labels are re-optimised from this many fresh starts and stay flagged only if
+    # their index averaged over all starts exceeds the threshold (confirm.py; 0: off; dev half: TABOR_CHOICES)
     # compute layout
     max_images_per_step: int = 4096  # stamped images in one forward pass; labels are chunked to fit
     label_bucket: int = 4  # chunks padded to a multiple of this many labels (few distinct shapes)
@@ -132,6 +133,8 @@ class TaborConfig:
                 or int(self.screen_protect) < 0:
             raise TaborError("two-stage settings need screen_rounds >= 1, screen_margin >= 0,"
                              " 0 <= screen_max_fraction < 0.5, screen_protect >= 0")
+        if int(self.confirm_seeds) < 0:
+            raise TaborError(f"confirm_seeds must be >= 0 (0 turns the confirmation off), got {self.confirm_seeds}")
         if int(self.scheduler_warmup_rounds) < 1 or not self.scheduler_margin >= 0 \
                 or not 0 <= self.scheduler_max_fraction < 0.5:
             raise TaborError("scheduler settings need warmup_rounds >= 1, margin >= 0, 0 <= max_fraction < 0.5")
