@@ -13,7 +13,7 @@ import importlib
 import os
 import sys
 
-COMMANDS = ("info", "scan", "compare", "zoo", "audit", "patch")
+COMMANDS = ("info", "scan", "compare", "zoo", "audit", "patch", "experiment")
 EXIT_CLEAN, EXIT_INFECTED, EXIT_ERROR, EXIT_INCONCLUSIVE = 0, 1, 2, 3
 _EXIT_BY_VERDICT = {"clean": EXIT_CLEAN, "infected": EXIT_INFECTED, "inconclusive": EXIT_INCONCLUSIVE}
 
