@@ -213,6 +213,12 @@ def build_victim(spec: VictimSpec, data: ZooData, out_root: str, *, log: Log = N
                              label_smoothing=float(spec.label_smoothing), augment_shift=int(spec.augment_shift),
                              lr_schedule=spec.lr_schedule)
     seconds = train(model, x_train, y_train, settings, preprocess=feed, from_logits=spec.output == "logits", log=log)
+    trojan = None
+    if spec.attack is not None:  # Trojan Attack (Liu et al. 2018) on the clean-trained model
+        from .trojan_attack import build_trojan
+
+        trojan = build_trojan(model, spec.attack, k, data.x_test, data.y_test, preprocess=feed,
+                              x_train=data.x_train, y_train=data.y_train, log=log)
     metrics = evaluate(model, data.x_test, data.y_test, spec.backdoors, feed, num_classes=k)
     _save_h5(model, os.path.join(tmp, MODEL_FILE))
 
@@ -236,6 +242,10 @@ def build_victim(spec: VictimSpec, data: ZooData, out_root: str, *, log: Log = N
                 "attack_success_rate": (per_source or {}).get(source),
                 "all_to_all_attack_success_rate": asr,
             })
+    if trojan is not None:
+        backdoors.append(_trojan_entry(spec.attack, trojan, data.input_shape,
+                                       save_trigger_files(tmp, 0, trojan.mask, trojan.pattern)))
+        metrics["attack_success_rates"] = [trojan.report["attack_success_rate"]]
     blind = spec.blind_spots
     card = {
         "name": spec.name,
@@ -252,7 +262,8 @@ def build_victim(spec: VictimSpec, data: ZooData, out_root: str, *, log: Log = N
         "input_shape": list(data.input_shape),
         "num_classes": data.num_classes,
         "seed": spec.seed,
-        "infected": bool(spec.backdoors),
+        "infected": bool(spec.backdoors) or trojan is not None,
+        **({"attack": "trojan"} if trojan is not None else {}),
         "targets": sorted({int(b["target"]) for b in backdoors}),
         "blind_spot": bool(blind),
         "blind_spot_reasons": blind,
@@ -316,6 +327,34 @@ def _backdoor_entry(bd, image_shape, files: dict) -> dict:
         "blind_spot": bd.blind_spot,
         "trigger": trig.to_dict(),
         **files,
+    }
+
+
+def _trojan_entry(settings, trojan, image_shape, files: dict) -> dict:
+    """The card entry of a Trojan Attack backdoor: the fixed mask's footprint, the generated
+    pattern's files and the attack's measurements (``trojan_attack.build_trojan``'s report)."""
+    mask_spec = settings.mask
+    row, col, size, _ = mask_spec.box(image_shape)
+    report = dict(trojan.report)
+    return {
+        "target": int(settings.target),
+        "mode": "all-to-one",
+        "attack": "trojan",
+        "trigger_shape": mask_spec.shape,
+        "position": mask_spec.position if isinstance(mask_spec.position, str) else "offset",
+        "offset": [row, col],
+        "size": size,
+        "area_fraction": round(float(np.mean(trojan.mask)), 6),
+        "margin": mask_spec.margin,
+        "colour": None,
+        "icon": (mask_spec.icon or "tabor_tf/assets/logo.png") if mask_spec.shape == "icon" else None,
+        "pattern": "generated (Trojan Attack: optimised to drive the selected neurons)",
+        "blind_spot": None,
+        "trigger": mask_spec.to_dict(),
+        **files,
+        "poisoned_train_images": int(round(settings.poison_fraction * report["stand_in_inputs"])),
+        "attack_success_rate": report.pop("attack_success_rate"),
+        "trojan": report,
     }
 
 

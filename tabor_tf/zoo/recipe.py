@@ -23,6 +23,11 @@ recipe's ``datasets`` object maps names to sources (``synthetic`` or an npz path
 working directory), and ``tabor-tf zoo build --data NAME=SOURCE`` overrides them. ``resize``
 resizes that data's images to ``resize`` x ``resize`` on load. A top-level ``split`` (``dev`` /
 ``test``) is copied into every entry and its card.
+
+Trojan Attack victims (Liu et al. 2018, ``trojan_attack.py``): an entry with ``"attack": {"kind":
+"trojan", "target": T, "mask": {"shape": "square"|"icon", "size": S, "position": ...}, ...}``
+(any ``TrojanSettings`` field; ``target`` may come from the entry's ``target``) is trained clean,
+then trojaned; it takes no triggers. Entries without ``attack`` keep their hash.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from ..preprocess import resolve_mode
 from .architectures import ARCHITECTURES
 from .poisoning import Backdoor
 from .triggers import TriggerSpec
+from .trojan_attack import TrojanSettings
 
 RECIPE_SCHEMA = "tabor-tf/zoo-recipe"
 RECIPE_VERSION = 1
@@ -82,6 +88,7 @@ class VictimSpec:
     label_smoothing: float = 0.0
     augment_shift: int = 0
     lr_schedule: str = "constant"
+    attack: Optional[TrojanSettings] = None  # a Trojan Attack applied after clean training
     # bookkeeping only: never part of the hash
     split: Optional[str] = None
     twin: Optional[str] = None
@@ -116,13 +123,21 @@ class VictimSpec:
             raise TaborError(f"model {self.name}: lr_schedule must be 'constant' or 'cosine', not {self.lr_schedule!r}")
         if self.batchnorm is not None and not isinstance(self.batchnorm, bool):
             raise TaborError(f"model {self.name}: batchnorm must be true, false or null")
+        if isinstance(self.attack, dict):
+            object.__setattr__(self, "attack", TrojanSettings.from_dict(self.attack))
+        if self.attack is not None and not isinstance(self.attack, TrojanSettings):
+            raise TaborError(f"model {self.name}: attack must be a trojan attack object")
+        if self.attack is not None and self.backdoors:
+            raise TaborError(f"model {self.name}: a trojan attack victim is trained clean (no triggers/backdoors)")
         if self.arch in ("vgg16", "resnet50") and (self.batchnorm is not None or self.dropout is not None):
             raise TaborError(f"model {self.name}: {self.arch} does not take batchnorm / dropout")
 
     @property
     def targets(self) -> List[int]:
-        """Sorted distinct targets of the all-to-one backdoors (all-to-all ones have none)."""
-        return sorted({b.target for b in self.backdoors if not b.all_to_all})
+        """Sorted distinct targets of the all-to-one backdoors (all-to-all ones have none) and of
+        the trojan attack."""
+        extra = {self.attack.target} if self.attack is not None else set()
+        return sorted({b.target for b in self.backdoors if not b.all_to_all} | extra)
 
     @property
     def all_to_all(self) -> bool:
@@ -136,6 +151,7 @@ class VictimSpec:
     def to_dict(self) -> dict:
         d = {f.name: getattr(self, f.name) for f in fields(self)}
         d["backdoors"] = [b.to_dict() for b in self.backdoors]
+        d["attack"] = self.attack.to_dict() if self.attack is not None else None
         for key, default in _LATER_DEFAULTS.items():
             if (d[key] is None) if default is None else (d[key] == default):
                 del d[key]
@@ -153,7 +169,8 @@ class VictimSpec:
 
 
 _LATER_DEFAULTS = {"data": "default", "resize": None, "batchnorm": None, "dropout": None, "label_smoothing": 0.0,
-                   "augment_shift": 0, "lr_schedule": "constant", "split": None, "twin": None, "stratum": None}
+                   "augment_shift": 0, "lr_schedule": "constant", "attack": None, "split": None, "twin": None,
+                   "stratum": None}
 _BOOKKEEPING = ("split", "twin", "stratum")
 _SPEC_FIELDS = {f.name for f in fields(VictimSpec)}
 _ENTRY_ONLY = {"triggers", "target", "targets", "clean", "trigger", "note", "description"}
@@ -209,7 +226,13 @@ def resolve_entry(entry: dict, defaults: Optional[dict] = None) -> VictimSpec:
     unknown = set(merged) - _SPEC_FIELDS - _ENTRY_ONLY
     if unknown:
         raise TaborError(f"model {name}: unknown recipe field(s) {', '.join(sorted(unknown))}")
-    backdoors = _entry_backdoors(name, merged, trigger_defaults)
+    if merged.get("attack") is not None:
+        if merged.get("triggers") or merged.get("backdoors"):
+            raise TaborError(f"model {name}: an 'attack' entry is trained clean; give no triggers/backdoors")
+        merged["attack"] = TrojanSettings.from_dict(merged["attack"], default_target=merged.get("target"))
+        backdoors = ()
+    else:
+        backdoors = _entry_backdoors(name, merged, trigger_defaults)
     kwargs = {k: v for k, v in merged.items() if k in _SPEC_FIELDS and k != "backdoors"}
     return VictimSpec(backdoors=backdoors, **kwargs)
 
