@@ -196,6 +196,20 @@ def _warm_up_and_retire(cfg: NCConfig, order: list, run_label, checkpoint_dir, n
 
 
 # ----- the scan -------------------------------------------------------------------------------
+MAD_MINIMUM = 3  # labels the MAD test needs: a time budget never ends the scan with fewer
+TIME_BUDGET = "time_budget"  # stop reason of a label the deadline cut short
+SCORING_RESERVE = 0.05  # share of the time left kept free for each label's scoring and the report
+
+
+def _label_stop_at(deadline: Optional[float], done: int, now: float) -> Optional[float]:
+    """``time.monotonic()`` time at which the label about to start must stop, or None (no deadline).
+    The first ``MAD_MINIMUM`` labels split the time left evenly; later ones may run to the deadline."""
+    if deadline is None:
+        return None
+    left = max(deadline - now, 0.0) * (1.0 - SCORING_RESERVE)
+    return now + left / max(MAD_MINIMUM - done, 1)
+
+
 def scan(
     victim,
     data,
@@ -213,9 +227,12 @@ def scan(
     ``preprocess``: the model's input mode (``tabor_tf.preprocess``); ``labels``: labels to scan
     (default all, at least 3 for the MAD test); ``config``: ``NCConfig`` (default preset ``gtsrb``);
     ``checkpoint_dir``: keep each finished label there and reuse it on a re-run with the same
-    settings, model and data. ``deadline`` (``time.monotonic()`` seconds): start no label whose
-    expected time (the slowest label so far) would end after it, once 3 labels are done (the MAD
-    test's minimum); the labels not reached make the result partial (``ScanResult.time_limited``).
+    settings, model and data. ``deadline`` (``time.monotonic()`` seconds): the first 3 labels (the
+    MAD test's minimum) share the time left before it, each cut short at its share; after them,
+    start no label whose expected time (the slowest label so far) would end after the deadline,
+    and cut any label still running then. Labels cut short stop with ``time_budget`` (their best
+    mask so far, never checkpointed as finished); labels not reached make the result partial
+    (``ScanResult.time_limited``).
     """
     cfg = config if config is not None else preset("gtsrb")
     mode = resolve_mode(preprocess)
@@ -231,7 +248,7 @@ def scan(
     results, notes = {}, []
     total = len(order)
 
-    def run_label(label, done, max_steps=None, directory=checkpoint_dir, tag=""):
+    def run_label(label, done, max_steps=None, directory=checkpoint_dir, tag="", stop_at=None):
         result = load_label(directory, label, fingerprint, cfg.mad_score) if directory else None
         if result is not None:
             notes.append(f"label {label}{tag}: reused from {directory}")
@@ -243,10 +260,11 @@ def scan(
                  max_steps=cfg.steps if max_steps is None else max_steps, label=label,
                  message=f"cost {stats['cost']:.2e} attack {stats['acc']:.3f} reg {stats['reg']:.2f}")
 
-        out = reverser.run(label, np.random.default_rng([int(seed), int(label)]), on_step, max_steps=max_steps)
+        out = reverser.run(label, np.random.default_rng([int(seed), int(label)]), on_step, max_steps=max_steps,
+                           stop_at=stop_at)
         success = reverser.attack_success(out.mask, out.pattern, label)
         result = _to_label_result(out, success, time.time() - t0, cfg.mad_score)
-        if directory is not None:
+        if directory is not None and out.stop_reason != TIME_BUDGET:  # a cut label is redone on resume
             save_label(directory, result, fingerprint, out.logs)
         return result
 
@@ -257,12 +275,12 @@ def scan(
     time_limited = None
     slowest = 0.0
     for done, label in enumerate(final_order, start=len(results)):
-        if deadline is not None and len(results) >= 3 and time.monotonic() + slowest > deadline:
+        if deadline is not None and len(results) >= MAD_MINIMUM and time.monotonic() + slowest > deadline:
             time_limited = (f"the time budget ended the scan after {len(results)} of {total} labels"
                             f" (the rest were not started)")
             break
         t_label = time.monotonic()
-        result = run_label(label, done)
+        result = run_label(label, done, stop_at=_label_stop_at(deadline, len(results), t_label))
         slowest = max(slowest, time.monotonic() - t_label)
         if not result.parts.get("reached_threshold", True):
             notes.append(
@@ -273,6 +291,10 @@ def scan(
         emit(progress, method=METHOD, labels_done=done + 1, labels_total=total, step=result.steps,
              max_steps=cfg.steps, label=label,
              message=f"label {label}: L1 {result.l1:.2f}, attack {result.attack_success:.3f}, {result.stop_reason}")
+    cut = [k for k in sorted(results) if results[k].stop_reason == TIME_BUDGET]
+    if cut:
+        time_limited = (time_limited or f"the time budget ended the scan after {len(results)} of {total} labels")
+        time_limited += f"; labels {cut} were cut short before their last step"
     label_results = [results[k] for k in sorted(results)]
     mad = mad_test([r.score for r in label_results], [r.label for r in label_results], cfg.mad_threshold)
     settings = cfg.to_dict()

@@ -13,10 +13,12 @@ TensorFlow sums over the batch; we minimise that same sum (the cost term counts 
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 import keras
+
 import numpy as np
 import tensorflow as tf
 
@@ -95,7 +97,7 @@ class ReverseOutcome:
     reg_best: float  # inf when no step reached the attack-success threshold
     reached_threshold: bool
     steps: int
-    stop_reason: str  # "early_stop" or "max_steps"
+    stop_reason: str  # "early_stop", "max_steps" or "time_budget" (``run(stop_at=...)`` cut it short)
     final_cost: float
     logs: list = field(default_factory=list)  # (step, ce, reg, acc, reg_best, cost) per step
 
@@ -224,11 +226,14 @@ class Reverser:
         rng: np.random.Generator,
         on_step: Optional[Callable[[int, dict], None]] = None,
         max_steps: Optional[int] = None,
+        stop_at: Optional[float] = None,
     ) -> ReverseOutcome:
         """Reverse-engineer the trigger of ``label``; ``rng`` seeds the init and the batch order.
 
         ``max_steps``: stop after this many steps instead of ``config.steps`` (the budget scheduler's
-        warm-up; the steps taken are exactly the first ones of a full run).
+        warm-up; the steps taken are exactly the first ones of a full run). ``stop_at``
+        (``time.monotonic()`` seconds, ``--time-budget``): take no step after it; the outcome then
+        stops with ``time_budget`` (its mask is the best one so far, as at any other stop).
         """
         cfg = self.config
         settings = cfg.schedule()
@@ -239,6 +244,9 @@ class Reverser:
         logs = []
         stop_reason = "max_steps"
         for _ in range(cfg.steps if max_steps is None else min(int(max_steps), cfg.steps)):
+            if stop_at is not None and state.step > 0 and time.monotonic() >= stop_at:
+                stop_reason = "time_budget"
+                break
             ce_sum = acc_sum = count = reg_sum = 0.0
             for _ in range(cfg.mini_batch):
                 idx = stream.next()

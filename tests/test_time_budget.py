@@ -67,6 +67,24 @@ def test_nc_ends_on_time_with_a_partial_inconclusive_result(tiny_clean_victim, t
     assert report["coverage"]["partial"] and 3 <= report["coverage"]["labels_scanned"] < 10
     assert "time budget ended the scan after" in report["time_limited"]
     assert any("(the time budget ended the scan)" in r for r in report["inconclusive_reasons"])
+    stops = [e["stop_reason"] for e in report["labels"]]
+    assert set(stops) <= {"max_steps", "time_budget"}
+    if "time_budget" in stops:  # a label cut short is named, and never checkpointed as finished
+        assert "were cut short before their last step" in report["time_limited"]
+        saved = {p.stem for p in out.rglob("nc_label_*.json")}
+        cut = [e["label"] for e in report["labels"] if e["stop_reason"] == "time_budget"]
+        assert not any(f"nc_label_{k:03d}" in saved for k in cut)
+
+
+def test_nc_first_three_labels_share_the_time_left():
+    from neural_cleanse_baseline.detector import SCORING_RESERVE, _label_stop_at
+
+    assert _label_stop_at(None, 0, 5.0) is None
+    usable = 30.0 * (1 - SCORING_RESERVE)
+    assert _label_stop_at(130.0, 0, 100.0) == pytest.approx(100.0 + usable / 3)
+    assert _label_stop_at(130.0, 2, 100.0) == pytest.approx(100.0 + usable)
+    assert _label_stop_at(130.0, 7, 100.0) == pytest.approx(100.0 + usable)  # later labels: up to the deadline
+    assert _label_stop_at(90.0, 0, 100.0) == pytest.approx(100.0)  # already past it: stop after one step
 
 
 def test_time_limited_verdicts():
