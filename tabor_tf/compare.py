@@ -201,10 +201,16 @@ def method_measures(result: ScanResult, report: dict, truth: Optional[dict], fai
                 continue
             entry.update(score=float(lr.score), rank=rank[t], mad_index=result.mad.label_indices.get(t),
                          attack_success=float(lr.attack_success), l1=float(lr.l1))
-            entry.update(trigger_fidelity(_mask2d(lr.mask), truth["_masks"][t]))
+            minimal = trigger_fidelity(_mask2d(lr.mask), truth["_masks"][t])
+            # the restored trigger: the completed one when the label was flagged and completed
+            restored = minimal if lr.completed_mask is None else trigger_fidelity(_mask2d(lr.completed_mask),
+                                                                                   truth["_masks"][t])
+            entry.update(restored, f1_minimal=minimal["f1"], completed=lr.completed_mask is not None)
             out["targets"].append(entry)
         f1s = [e["f1"] for e in out["targets"] if "f1" in e]
         out["mean_f1"] = float(np.mean(f1s)) if f1s else None
+        minimal_f1s = [e["f1_minimal"] for e in out["targets"] if "f1_minimal" in e]
+        out["mean_f1_minimal"] = float(np.mean(minimal_f1s)) if minimal_f1s else None
     return out
 
 
@@ -355,7 +361,8 @@ def side_by_side(compare: dict) -> str:
                 f"{num(e.get('score'), 3)} (rank {e.get('rank', '–')})" if e.get("score") is not None else "–"
                 for e in ents])
             rows.append([f"P / R / F1 ({t})"] + [
-                f"{num(e.get('precision'))} / {num(e.get('recall'))} / {num(e.get('f1'))}" if "f1" in e else "–"
+                f"{num(e.get('precision'))} / {num(e.get('recall'))} / {num(e.get('f1'))}"
+                + (f" (minimal {num(e.get('f1_minimal'))})" if e.get("completed") else "") if "f1" in e else "–"
                 for e in ents])
         rows.append(["correctness"] + [f"{ms[m]['correctness']} {ms[m]['correctness_name']}" for m in methods])
     rows.append(["time"] + [_duration(ms[m]["seconds"]) for m in methods])

@@ -326,6 +326,16 @@ def render_report_html(report: dict, base_dir) -> str:
                 f"<figcaption>{k}</figcaption></figure>"
                 for k in ("mask", "pattern", "fusion")
             )
+            completion = e.get("parts", {}).get("completion")
+            if completion and files.get("completed_fusion_png"):
+                figs += "".join(
+                    f"<figure>{img_tag(_read(base, files.get('completed_' + k + '_png')), 192, f'label {label} completed {k}')}"
+                    f"<figcaption>completed {k}</figcaption></figure>"
+                    for k in ("mask", "fusion")
+                )
+                figs += (f'<div class="note">completed trigger: L1 {fmt(completion.get("l1"), 1)} after '
+                         f'{completion.get("accepted_rounds")} peel round(s); stopped: {esc(str(completion.get("stop")))}'
+                         "</div>")
             parts.append(
                 f'<div class="trigger" id="flagged-{label}"><b>label {label}</b> · {esc(score_name)} '
                 f"{fmt(e.get('score'))}{'' if score_kind == 'l1' else ' · L1 ' + fmt(e.get('l1'), 1)}"

@@ -8,6 +8,8 @@ Layout of a report folder ``DIR``::
     DIR/labels/label_007_pattern.png     pattern [H,W,C] raw pixels as 8-bit RGB / grey
     DIR/labels/label_007_fusion.png      M * Delta (the trigger on black), 8-bit
     DIR/labels/label_007_{mask,pattern,fusion}.npy   the same as float32 arrays (exact values)
+    DIR/labels/label_007_completed_{mask,pattern,fusion}.{png,npy}   flagged labels: the whole
+                                         trigger grown from the minimal one (``tabor_tf.completion``)
 
 Every file is written atomically (a temporary file in the same folder, then ``os.replace``), so a
 reader never sees half a report, and report.json is written last: when it exists, the image
@@ -35,7 +37,7 @@ from .results import LabelResult, ScanResult, _jsonable
 SCHEMA_VERSION = 1
 REPORT_NAME = "report.json"
 LABELS_DIR = "labels"
-FILE_KINDS = ("mask", "pattern", "fusion")
+FILE_KINDS = ("mask", "pattern", "fusion", "completed_mask", "completed_pattern", "completed_fusion")
 
 
 @dataclass(frozen=True)
@@ -155,12 +157,19 @@ def npy_bytes(array: np.ndarray) -> bytes:
 
 
 def label_arrays(result: LabelResult) -> dict:
-    """``{"mask": [H,W], "pattern": [H,W,C], "fusion": [H,W,C]}`` float32 of one label."""
-    mask = np.asarray(result.mask, dtype=np.float32)
-    if mask.ndim == 3:
-        mask = mask[..., 0]
-    pattern = np.asarray(result.pattern, dtype=np.float32)
-    return {"mask": mask, "pattern": pattern, "fusion": mask[..., None] * pattern}
+    """``{"mask": [H,W], "pattern": [H,W,C], "fusion": [H,W,C]}`` float32 of one label, plus the
+    ``completed_*`` three when the trigger was completed (``tabor_tf.completion``)."""
+    arrays = {}
+    for prefix, mask, pattern in (("", result.mask, result.pattern),
+                                  ("completed_", result.completed_mask, result.completed_pattern)):
+        if mask is None:
+            continue
+        mask = np.asarray(mask, dtype=np.float32)
+        if mask.ndim == 3:
+            mask = mask[..., 0]
+        pattern = np.asarray(pattern, dtype=np.float32)
+        arrays.update({prefix + "mask": mask, prefix + "pattern": pattern, prefix + "fusion": mask[..., None] * pattern})
+    return arrays
 
 
 def label_stem(label: int) -> str:
@@ -191,7 +200,7 @@ def write_label_files(result: LabelResult, out_dir) -> dict:
     for kind, arr in label_arrays(result).items():
         rel_png = f"{LABELS_DIR}/{label_stem(result.label)}_{kind}.png"
         rel_npy = f"{LABELS_DIR}/{label_stem(result.label)}_{kind}.npy"
-        atomic_write_bytes(out_dir / rel_png, png_bytes(to_uint8_image(arr, is_mask=(kind == "mask"))))
+        atomic_write_bytes(out_dir / rel_png, png_bytes(to_uint8_image(arr, is_mask=kind.endswith("mask"))))
         atomic_write_bytes(out_dir / rel_npy, npy_bytes(arr))
         paths[f"{kind}_png"] = rel_png
         paths[f"{kind}_npy"] = rel_npy

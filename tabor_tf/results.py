@@ -28,6 +28,9 @@ class LabelResult:
     stop_reason: str
     seconds: float
     parts: dict = field(default_factory=dict)
+    # the whole trigger grown from ``mask`` by ``tabor_tf.completion`` (flagged labels only; else None)
+    completed_mask: Optional[np.ndarray] = None  # [H, W] in [0, 1]
+    completed_pattern: Optional[np.ndarray] = None  # [H, W, C] raw 0..255
 
     @property
     def fusion(self) -> np.ndarray:

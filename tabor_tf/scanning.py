@@ -371,6 +371,16 @@ def scan_identity(model_path, *, method: str, data_path, seed: int, labels=None,
 # ----------------------------------------------------------------------------- the scan
 
 
+def _complete(result, victim, prepared, rounds: Optional[int], seed: int, progress, deadline) -> None:
+    """Trigger completion of the flagged labels (``tabor_tf.completion``), recorded in the settings."""
+    from .completion import CompletionSettings, complete_flagged
+
+    settings = CompletionSettings() if rounds is None else CompletionSettings(rounds=int(rounds))
+    result.settings["completion"] = settings.to_dict()
+    complete_flagged(result, victim, np.asarray(prepared.data.x, np.float32), getattr(prepared.data, "y", None),
+                     prepared.check.mode, settings=settings, seed=int(seed), progress=progress, deadline=deadline)
+
+
 def run_scan(
     model_path=None,
     data_path=None,
@@ -394,6 +404,7 @@ def run_scan(
     allow_low_accuracy: bool = False,
     deadline: Optional[float] = None,
     label_selection: Optional[str] = None,
+    completion_rounds: Optional[int] = None,
 ) -> tuple:
     """Scan one model with one method -> ``(ScanResult, report_dict)``.
 
@@ -408,6 +419,8 @@ def run_scan(
     ``allow_low_accuracy``: scan below the clean-accuracy floor (verdict ``inconclusive``) instead
     of raising ``DataError``. ``deadline`` (``time.monotonic()`` seconds, ``--time-budget``): the
     detector ends its search in time and says so (``ScanResult.time_limited``); never ``clean`` then.
+    ``completion_rounds``: peel rounds of the trigger completion of flagged labels
+    (``tabor_tf.completion``; None: its default, 0: off; never changes the verdict).
     ``label_selection``: how ``labels`` were chosen when not by the user (``tabor_tf.label_plan``),
     for the report.
     """
@@ -444,6 +457,7 @@ def run_scan(
             deadline=deadline,
             **({"strategy": execution.strategy} if key == "tabor" else {}),
         )
+        _complete(result, run_victim, prepared, completion_rounds, seed, progress, deadline)
     result.label_selection = label_selection
     reason = low_accuracy_reason(prepared.check)
     if reason:

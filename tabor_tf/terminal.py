@@ -216,6 +216,7 @@ def summary_lines(report: dict, report_path: Optional[str] = None, html_path: Op
         f"{'candidate labels' if inconclusive else 'flagged labels  '} {', '.join(map(str, flagged)) if flagged else 'none'}",
         f"anomaly index    {_index_text(report.get('anomaly_index'))}  (threshold {float(mad.get('threshold') or 2.0):g})",
         *[f"fresh starts     {n}" for n in report.get("notes") or () if "fresh starts" in n],
+        *_completion_lines(report),
         f"clean accuracy   {'unknown' if acc is None else f'{100 * float(acc):.1f}%'}"
         f"  (preprocessing {prep.get('mode', '?')})",
         f"time             {human_duration(float(report.get('seconds', 0.0)))}",
@@ -224,6 +225,18 @@ def summary_lines(report: dict, report_path: Optional[str] = None, html_path: Op
         lines.append(f"report           {report_path}")
     if html_path:
         lines.append(f"html report      {html_path}")
+    return lines
+
+
+def _completion_lines(report: dict) -> list:
+    """One line per flagged label whose trigger was completed (``tabor_tf.completion``)."""
+    lines = []
+    for e in report.get("labels") or ():
+        c = (e.get("parts") or {}).get("completion")
+        if c and e.get("flagged"):
+            lines.append(f"whole trigger    label {e['label']}: mask L1 {float(e.get('l1', 0.0)):.1f} -> "
+                         f"{float(c.get('l1', 0.0)):.1f} after {c.get('accepted_rounds', 0)} peel round(s)"
+                         f" (label_{int(e['label']):03d}_completed_*)")
     return lines
 
 

@@ -230,12 +230,17 @@ def patch(
 # ----------------------------------------------------------------------------- from a scan report
 
 
-def triggers_from_report(report_path, labels: Optional[Sequence[int]] = None) -> tuple:
+TRIGGER_KINDS = ("minimal", "completed")  # which restored trigger to unlearn: as found, or grown whole
+
+
+def triggers_from_report(report_path, labels: Optional[Sequence[int]] = None, trigger: str = "minimal") -> tuple:
     """The restored triggers of a scan report -> ``([(mask [H,W], pattern [H,W,C] raw, label)], report)``.
 
     ``report_path``: a report folder or its report.json. ``labels``: which restored triggers
-    (default: the report's flagged labels, most suspicious first). ``TaborError`` for a clean
-    report without ``labels`` or a label the report did not scan.
+    (default: the report's flagged labels, most suspicious first). ``trigger``: ``minimal`` (as
+    the detector restored it) or ``completed`` (the whole trigger of ``tabor_tf.completion`` where
+    the report has one, else the minimal one). ``TaborError`` for a clean report without
+    ``labels`` or a label the report did not scan.
     """
     from .report import load_label_array, load_report
 
@@ -250,7 +255,16 @@ def triggers_from_report(report_path, labels: Optional[Sequence[int]] = None) ->
     if missing:
         raise TaborError(f"label(s) {', '.join(map(str, missing))} were not scanned in {report_dir}; "
                          f"scanned: {', '.join(map(str, sorted(scanned)))}")
-    triggers = [(load_label_array(report_dir, report, v, "mask"), load_label_array(report_dir, report, v, "pattern"), v)
+    if trigger not in TRIGGER_KINDS:
+        raise TaborError(f"trigger must be one of {', '.join(TRIGGER_KINDS)}, not {trigger!r}")
+    entries = {int(e["label"]): e for e in report.get("labels", [])}
+
+    def prefix(v):
+        files = entries[v].get("files", {})
+        return "completed_" if trigger == "completed" and files.get("completed_mask_npy") else ""
+
+    triggers = [(load_label_array(report_dir, report, v, prefix(v) + "mask"),
+                 load_label_array(report_dir, report, v, prefix(v) + "pattern"), v)
                 for v in dict.fromkeys(chosen)]
     return triggers, report
 
@@ -269,6 +283,7 @@ def patch_from_report(
     eval_y=None,
     true_triggers: Sequence = (),
     allow_unsafe: bool = False,
+    trigger: str = "minimal",
 ) -> dict:
     """Unlearn the restored triggers of ``labels`` (default: the flagged ones) of a scan report
     from ``model_path`` and save the patched copy to ``out_path`` (``patch`` does the work).
@@ -279,7 +294,7 @@ def patch_from_report(
     """
     from .loading.files import sha256_path
 
-    triggers, report = triggers_from_report(report_path, labels)
+    triggers, report = triggers_from_report(report_path, labels, trigger)
     mode = preprocess or (report.get("preprocess") or {}).get("mode")
     if not mode:
         raise TaborError("the report does not say how the scan preprocessed the images; give --preprocess")
@@ -291,5 +306,5 @@ def patch_from_report(
     result = patch(model_path, x_raw, y, mode, triggers, out_path, config=config, eval_x=eval_x, eval_y=eval_y,
                    true_triggers=true_triggers, allow_unsafe=allow_unsafe)
     result.update(labels=[int(t[2]) for t in triggers], report=str(report_path), preprocess=resolve_mode(mode),
-                  warnings=warnings)
+                  warnings=warnings, trigger=trigger)
     return result

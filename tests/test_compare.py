@@ -6,6 +6,7 @@ import shutil
 from html.parser import HTMLParser
 
 import cv2
+import numpy as np
 import pytest
 
 from tabor_tf import compare
@@ -52,6 +53,12 @@ def test_compare_one_model_with_truth(tiny_infected_victim, tmp_path, capsys):
         assert entry["target"] == 7 and 1 <= entry["rank"] <= v.num_classes
         assert 0.0 <= entry["precision"] <= 1.0 and 0.0 <= entry["recall"] <= 1.0 and 0.0 <= entry["f1"] <= 1.0
         assert entry["score"] == pytest.approx(reports[m]["labels"][7]["score"])
+        if 7 in meas["flagged_labels"]:  # a flagged target's trigger is completed; F1 is measured on it
+            assert entry["completed"] and "f1_minimal" in entry and entry["recall"] >= 0.75, entry
+            files = reports[m]["labels"][7]["files"]
+            completed = np.load(out / data["report_dirs"][m] / files["completed_mask_npy"])
+            assert completed.shape == (32, 32)
+            assert reports[m]["labels"][7]["parts"]["completion"]["rounds"]
         assert (out / data["report_dirs"][m] / "report.json").is_file()
         assert (out / data["report_dirs"][m] / "report.html").is_file()
     assert data["measures"]["tabor"]["faithful"] is False  # --tabor-preset/--tabor-set: not TABOR's defaults

@@ -84,6 +84,13 @@ def test_triggers_from_report_and_patch_errors(two_target_scan, tiny_two_target_
     assert 0.0 <= mask.min() and mask.max() <= 1.0 and pattern.max() <= 255.0
     with pytest.raises(TaborError, match="not scanned"):
         triggers_from_report(report_dir, [42])
+    # the completed (whole) trigger of a flagged label is what --trigger completed unlearns
+    whole, _, _ = triggers_from_report(report_dir, [2], trigger="completed")[0][0]
+    entry = next(e for e in report["labels"] if e["label"] == 2)
+    assert np.array_equal(whole, np.load(report_dir / entry["files"]["completed_mask_npy"]))
+    assert np.all(whole >= mask - 1e-6)  # the union keeps the minimal trigger
+    with pytest.raises(TaborError, match="trigger must be one of"):
+        triggers_from_report(report_dir, [2], trigger="largest")
     # usage / input errors: one line, exit 2, nothing written
     model = tiny_two_target_victim.model_path
     cases = [

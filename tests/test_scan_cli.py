@@ -263,3 +263,13 @@ def test_summary_lines():
     report.update(notes=[note, "triggers of 43 labels reused from x"])
     lines = summary_lines(report)
     assert f"fresh starts     {note}" in lines and not any("reused" in ln for ln in lines)
+
+
+def test_summary_names_the_completed_trigger():
+    report = {"method": "tabor", "verdict": "infected", "flagged_labels": [7], "anomaly_index": 4.0,
+              "mad": {"threshold": 2.0}, "preprocess": {"mode": "unit"}, "seconds": 3.0,
+              "labels": [{"label": 7, "flagged": True, "l1": 4.0, "parts": {"completion": {"l1": 15.5,
+                                                                                         "accepted_rounds": 2}}},
+                         {"label": 3, "flagged": False, "l1": 60.0, "parts": {}}]}
+    lines = [ln for ln in summary_lines(report) if ln.startswith("whole trigger")]
+    assert lines == ["whole trigger    label 7: mask L1 4.0 -> 15.5 after 2 peel round(s) (label_007_completed_*)"]

@@ -38,6 +38,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="fraction of the images kept out of fine-tuning to measure before / after (default 0.2)")
     parser.add_argument("--fraction", type=float, default=0.2, metavar="F",
                         help="fraction of the fine-tuning images stamped with a restored trigger (default 0.2)")
+    parser.add_argument("--trigger", choices=("minimal", "completed"), default="minimal",
+                        help="unlearn each label's trigger as the detector restored it (minimal, default) or the "
+                             "whole trigger grown from it by the scan's trigger completion (completed; labels "
+                             "without one use the minimal trigger)")
     parser.add_argument("--epochs", type=int, default=1, help="fine-tuning epochs (default 1)")
     parser.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
     parser.add_argument("--batch-size", type=int, default=32, metavar="N", help="fine-tuning batch size (default 32)")
@@ -131,7 +135,7 @@ def run(args) -> int:
         stream=sys.stderr, quiet=args.quiet)
     record = patch_from_report(args.model, args.report, data.x[tune], data.y[tune], out, labels=labels,
                                preprocess=args.preprocess, config=config, eval_x=ex, eval_y=ey,
-                               allow_unsafe=args.allow_unsafe_deserialization)
+                               allow_unsafe=args.allow_unsafe_deserialization, trigger=args.trigger)
     record.update(model=str(Path(args.model).resolve()), data=str(args.data), fine_tune_images=int(len(tune)),
                   eval_images=int(len(ey)), residual_threshold=float(args.residual))
     for text in record["warnings"]:

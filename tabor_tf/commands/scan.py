@@ -76,6 +76,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(for models with many classes); a partial scan: inconclusive, exit 3, with the "
                              "flagged labels as candidates. A TABOR --time-budget too short for every label "
                              "pre-screens by itself")
+    parser.add_argument("--completion-rounds", type=int, default=None, metavar="N",
+                        help="grow the restored trigger of each flagged label to the whole trigger in at most N "
+                             "peel rounds (default 6; 0: off). Written as label_NNN_completed_*; the verdict "
+                             "does not depend on it")
     parser.add_argument("--json", action="store_true",
                         help="print report.json to stdout (the summary then goes to stderr)")
     parser.add_argument("--no-html", action="store_true", help="do not write report.html")
@@ -137,6 +141,8 @@ def _run(args, started_at: float) -> int:
         raise TaborError(f"--seeds must be >= 1, got {args.seeds}")
     if args.time_budget is not None and not args.time_budget > 0:
         raise TaborError(f"--time-budget must be a positive number of seconds, got {args.time_budget}")
+    if args.completion_rounds is not None and args.completion_rounds < 0:
+        raise TaborError(f"--completion-rounds must be 0 or more, got {args.completion_rounds}")
     if args.time_budget is not None and args.seeds > 1:
         raise TaborError("--time-budget applies to one scan; it cannot be combined with --seeds")
     if args.prescreen is not None and args.seeds > 1:
@@ -178,7 +184,8 @@ def _run(args, started_at: float) -> int:
     with bar:
         _, report = run_scan(method=method, labels=labels, seed=args.seed, preset=args.preset, overrides=overrides,
                              out_dir=out_dir, progress=bar, prepared=prepared, html=not args.no_html,
-                             deadline=deadline, label_selection=plan.selection)
+                             deadline=deadline, label_selection=plan.selection,
+                             completion_rounds=args.completion_rounds)
     report_path = str(out_dir) + "/report.json"
     html_path = None if args.no_html else str(out_dir) + "/report.html"
     if args.json:

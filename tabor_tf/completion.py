@@ -1,0 +1,258 @@
+"""Trigger completion: from the *minimal* restored trigger of a flagged label to the whole trigger.
+
+Both detectors minimise the mask, so what they restore is the smallest part of the real trigger
+that still flips the model: a few pixels of a 6x6 square are enough, and the restored mask covers
+20-30% of the true one (F1 ~0.3 on the evaluation zoo). Completion *peels*: it forbids the pixels
+found so far and searches the same label again; while the real trigger has unused pixels left,
+the next search finds another small subset of them. It stops when the cheapest trigger left is
+no longer small (the model's natural features of the label, not the backdoor) or no longer
+works. The completed trigger is the union of the accepted rounds. The verdict never depends on
+it: it runs after the decision, only for flagged labels (docs/TABOR_CHOICES.md, "Trigger
+completion").
+
+Shapes: images ``x_raw`` ``[N, H, W, C]`` raw 0..255; masks ``[H, W]`` in [0, 1]; patterns
+``[H, W, C]`` raw 0..255.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Optional
+
+import numpy as np
+
+from .errors import TaborError
+
+
+@dataclass(frozen=True)
+class CompletionSettings:
+    """``rounds``: peel rounds at most after the first trigger; ``steps``: Adam steps per round;
+    ``batch_size`` images per step; ``lr`` Adam's learning rate (tanh space); ``attack_threshold``:
+    attack success a round's trigger must reach on held-out images; ``max_growth``: a round is
+    accepted when its mask L1 is at most this many times the first trigger's (used only when the
+    natural level is unknown); ``natural_fraction``: with ``natural_l1`` (the median mask L1 of the
+    scan's labels: what the model's natural features cost), a round is accepted when its mask L1
+    is at most this fraction of it; ``support_level``:
+    mask values at least this fraction of the mask's maximum are the pixels a round forbids next;
+    ``search_threshold``: batch attack success that counts as working during the search (above
+    ``attack_threshold``, so the kept mask is not on the edge); ``init_cost``: the L1 weight's
+    first value (raised / lowered by the search's attack success, as in NC)."""
+
+    rounds: int = 6
+    steps: int = 150
+    batch_size: int = 32
+    lr: float = 0.2
+    attack_threshold: float = 0.8
+    search_threshold: float = 0.97
+    max_growth: float = 2.0
+    natural_fraction: float = 0.25
+    support_level: float = 0.3
+    init_cost: float = 1e-3
+    eval_images: int = 200
+
+    def __post_init__(self):
+        if int(self.rounds) < 0 or int(self.steps) < 1 or int(self.batch_size) < 1:
+            raise TaborError("completion: rounds >= 0, steps >= 1 and batch_size >= 1 are required")
+        if not 0 < float(self.attack_threshold) <= 1 or not 0 < float(self.support_level) <= 1:
+            raise TaborError("completion: attack_threshold and support_level must lie in (0, 1]")
+        if not float(self.max_growth) > 0 or not float(self.lr) > 0 or not float(self.natural_fraction) > 0:
+            raise TaborError("completion: max_growth, natural_fraction and lr must be positive")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Completion:
+    """The completed trigger of one label and how it was reached."""
+
+    label: int
+    mask: np.ndarray  # [H, W] in [0, 1]: the pixel-wise maximum of the accepted rounds' masks
+    pattern: np.ndarray  # [H, W, C] raw 0..255: each pixel from the round whose mask is largest there
+    rounds: list = field(default_factory=list)  # per round: {"l1", "attack_success", "accepted", "steps"}
+    stop: str = ""  # why peeling ended
+
+    def summary(self) -> dict:
+        return {"label": int(self.label), "l1": float(np.sum(self.mask, dtype=np.float64)),
+                "rounds": self.rounds, "accepted_rounds": sum(1 for r in self.rounds if r["accepted"]),
+                "stop": self.stop}
+
+
+def support(mask, level: float) -> np.ndarray:
+    """Pixels ``[H, W]`` bool of ``mask`` at or above ``level`` times its maximum (none if it is 0)."""
+    m = np.asarray(mask, np.float64)
+    peak = float(m.max()) if m.size else 0.0
+    return m >= level * peak if peak > 0 else np.zeros(m.shape, bool)
+
+
+class _Peeler:
+    """One compiled search of a single label's trigger with some pixels forbidden (mask fixed at 0)."""
+
+    def __init__(self, victim, x_raw: np.ndarray, mode: str, settings: CompletionSettings):
+        import tensorflow as tf
+
+        from .preprocess import preprocess as preprocess_fn
+        from .trigger_vars import mask_from_tanh, pattern_from_tanh
+
+        h, w, c = x_raw.shape[1:]
+        self.settings = settings
+        self.x = tf.constant(np.asarray(x_raw, np.float32))
+        self.m_t = tf.Variable(tf.zeros([h, w, 1]))
+        self.p_t = tf.Variable(tf.zeros([h, w, c]))
+        self.allowed = tf.Variable(tf.ones([h, w, 1]))
+        self.cost = tf.Variable(0.0)
+        self.target = tf.Variable(0, dtype=tf.int32)
+        self.opt = None
+        self._mask = lambda: mask_from_tanh(self.m_t) * self.allowed
+        self._pattern = lambda: pattern_from_tanh(self.p_t)
+
+        def step(idx):
+            xb = tf.gather(self.x, idx)
+            with tf.GradientTape() as tape:
+                mask, pattern = self._mask(), self._pattern()
+                stamped = xb * (1.0 - mask) + mask * pattern
+                logits = victim.logits(preprocess_fn(stamped, mode))
+                labels = tf.fill([tf.shape(idx)[0]], self.target)
+                ce = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits))
+                l1 = tf.reduce_sum(mask)
+                loss = ce + self.cost * l1
+            grads = tape.gradient(loss, [self.m_t, self.p_t])
+            self.opt.apply_gradients(zip(grads, [self.m_t, self.p_t]))
+            hits = tf.reduce_mean(tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), labels), tf.float32))
+            return hits, l1
+
+        def predict(xb):
+            return tf.argmax(victim.logits(preprocess_fn(xb, mode)), -1, output_type=tf.int32)
+
+        self._step = tf.function(step, input_signature=[tf.TensorSpec([None], tf.int32)])
+        self._predict = tf.function(predict, input_signature=[tf.TensorSpec([None, h, w, c], tf.float32)])
+
+    def attack_success(self, x_eval: np.ndarray, label: int, mask, pattern) -> float:
+        """Fraction of ``x_eval`` that the fixed trigger ``mask [H,W]`` / ``pattern [H,W,C]`` sends to ``label``."""
+        import tensorflow as tf
+
+        hits = 0
+        for start in range(0, len(x_eval), 256):
+            xb = x_eval[start:start + 256]
+            stamped = xb * (1.0 - mask[None, ..., None]) + (mask[..., None] * pattern)[None]
+            hits += int(np.sum(self._predict(tf.constant(stamped, tf.float32)).numpy() == int(label)))
+        return hits / max(len(x_eval), 1)
+
+    def search(self, label: int, forbidden: np.ndarray, pattern0: np.ndarray, rng: np.random.Generator):
+        """``(mask [H,W], pattern [H,W,C], steps)``: the smallest mask seen that sent a whole window of
+        batches to ``label`` (the last mask when none did)."""
+        import keras
+        import tensorflow as tf
+
+        from .trigger_vars import mask_to_tanh, pattern_to_tanh
+
+        s = self.settings
+        h, w = forbidden.shape
+        self.target.assign(int(label))
+        self.allowed.assign((1.0 - forbidden.astype(np.float32))[..., None])
+        self.m_t.assign(mask_to_tanh(rng.uniform(0.0, 0.1, size=(h, w, 1))))
+        self.p_t.assign(np.clip(pattern_to_tanh(np.clip(pattern0, 1.0, 254.0)), -4, 4))
+        self.cost.assign(0.0)
+        self.opt = keras.optimizers.Adam(learning_rate=float(s.lr), beta_1=0.5, beta_2=0.9)
+        n, bs = int(self.x.shape[0]), min(int(s.batch_size), int(self.x.shape[0]))
+        best, best_l1, window = None, np.inf, []
+        for step in range(int(s.steps)):
+            idx = rng.choice(n, size=bs, replace=False).astype(np.int32)
+            hits, l1 = self._step(tf.constant(idx))
+            window.append(float(hits))
+            if len(window) == 5:
+                ok = float(np.mean(window)) >= s.search_threshold
+                cost = float(self.cost.numpy())
+                if ok and float(l1) < best_l1:
+                    best_l1 = float(l1)
+                    best = (self._mask().numpy()[..., 0], self._pattern().numpy())
+                self.cost.assign((s.init_cost if cost == 0 else cost * 1.5) if ok else cost / 1.5 ** 1.5)
+                window = []
+        if best is None:
+            best = (self._mask().numpy()[..., 0], self._pattern().numpy())
+        return best[0].astype(np.float32), best[1].astype(np.float32), int(s.steps)
+
+
+def complete_trigger(victim, x_raw: np.ndarray, mode: str, label: int, mask, pattern, *,
+                     settings: Optional[CompletionSettings] = None, seed: int = 0, y=None,
+                     natural_l1: Optional[float] = None, peeler: Optional[_Peeler] = None) -> Completion:
+    """Peel the trigger of ``label`` starting from its restored ``mask`` / ``pattern``.
+
+    ``x_raw``: clean images (raw 0..255) for the search and the held-out attack test; images whose
+    ``y`` (true or predicted class, optional) is ``label`` are left out. ``mode``: the model's
+    preprocessing (``tabor_tf.preprocess``). ``natural_l1``: the median mask L1 of the scan's
+    labels; a round must stay under ``natural_fraction`` of it (else under ``max_growth`` times
+    the first trigger's L1).
+    """
+    s = settings or CompletionSettings()
+    x_raw = np.asarray(x_raw, np.float32)
+    if y is not None:
+        x_raw = x_raw[np.asarray(y) != int(label)]
+    if len(x_raw) < 4:
+        raise TaborError(f"completion of label {label} needs at least 4 clean images of other labels")
+    rng = np.random.default_rng([int(seed), int(label), 0xC0DE])
+    order = rng.permutation(len(x_raw))
+    n_eval = min(int(s.eval_images), len(x_raw) // 2)
+    x_eval, x_fit = x_raw[order[:n_eval]], x_raw[order[n_eval:]]
+    mask0 = np.asarray(mask, np.float32).reshape(x_raw.shape[1:3])
+    pattern0 = np.asarray(pattern, np.float32).reshape(x_raw.shape[1:])
+    peeler = peeler or _Peeler(victim, x_fit, mode, s)
+    l1_first = float(np.sum(mask0, dtype=np.float64))
+    limit = s.max_growth * l1_first if natural_l1 is None else s.natural_fraction * float(natural_l1)
+    best_mask, best_pattern = mask0.copy(), pattern0.copy()
+    forbidden = support(mask0, s.support_level)
+    rounds, stop = [], f"{s.rounds} rounds done"
+    for _ in range(int(s.rounds)):
+        if forbidden.all():
+            stop = "no pixel left"
+            break
+        m, p, steps = peeler.search(label, forbidden, best_pattern, rng)
+        l1 = float(np.sum(m, dtype=np.float64))
+        peeler_mask_success = peeler.attack_success(x_eval, label, m, p)
+        accepted = peeler_mask_success >= s.attack_threshold and l1 <= limit
+        rounds.append({"l1": l1, "attack_success": peeler_mask_success, "accepted": bool(accepted), "steps": steps})
+        if not accepted:
+            stop = ("the next trigger does not work" if peeler_mask_success < s.attack_threshold else
+                    f"the next trigger (L1 {l1:.1f}) is over the limit {limit:.1f}: natural features")
+            break
+        take = m > best_mask
+        best_pattern[take] = p[take]
+        best_mask = np.maximum(best_mask, m)
+        forbidden |= support(m, s.support_level)
+    return Completion(label=int(label), mask=best_mask, pattern=best_pattern, rounds=rounds, stop=stop)
+
+
+def complete_flagged(result, victim, x_raw: np.ndarray, y, mode: str, *, settings: Optional[CompletionSettings] = None,
+                     seed: int = 0, progress=None, deadline: Optional[float] = None) -> list:
+    """Complete the trigger of every flagged label of ``result`` (a ``ScanResult``) in place:
+    ``LabelResult.completed_mask`` / ``completed_pattern`` and ``parts["completion"]``. ``y``:
+    true labels of ``x_raw`` or None (the model's own predictions are used). Labels left when
+    ``deadline`` (``time.monotonic()`` seconds) has passed are skipped. Returns the labels done."""
+    import time
+
+    from .progress import emit
+
+    s = settings or CompletionSettings()
+    flagged = [int(v) for v in result.flagged_labels]
+    if not flagged or int(s.rounds) == 0:
+        return []
+    if y is None:
+        y = victim.predict_raw(x_raw, mode)
+    done = []
+    natural_l1 = float(np.median([r.l1 for r in result.labels]))
+    for i, label in enumerate(flagged):
+        if deadline is not None and time.monotonic() >= deadline:
+            result.notes.append(f"trigger completion skipped for labels {flagged[i:]}: the time budget ran out")
+            break
+        lr = result.by_label(label)
+        t0 = time.monotonic()
+        out = complete_trigger(victim, x_raw, mode, label, lr.mask, lr.pattern, settings=s, seed=seed, y=y,
+                               natural_l1=natural_l1)
+        lr.completed_mask, lr.completed_pattern = out.mask, out.pattern
+        lr.parts["completion"] = dict(out.summary(), seconds=time.monotonic() - t0)
+        done.append(label)
+        emit(progress, method=result.method, labels_done=len(result.labels), labels_total=len(result.labels),
+             step=len(out.rounds), max_steps=int(s.rounds), label=label,
+             message=f"label {label}: trigger completed in {len(out.rounds)} rounds, L1 {lr.l1:.1f} ->"
+                     f" {float(np.sum(out.mask)):.1f} ({out.stop})")
+    return done

@@ -1,0 +1,71 @@
+"""Trigger completion (``tabor_tf.completion``): a minimal restored trigger grows to the whole trigger,
+and peeling stops at the model's natural features."""
+
+import numpy as np
+import pytest
+
+from tabor_tf.completion import CompletionSettings, _Peeler, complete_trigger, support
+from tabor_tf.errors import TaborError
+from tabor_tf.fidelity import trigger_fidelity
+
+
+def _tiny(victim, n=300):
+    from tabor_tf.loading import load_victim
+
+    data = np.load(victim.data_path)
+    return load_victim(victim.model_path), data["x"][:n].astype(np.float32), data["y"][:n]
+
+
+def _natural_l1(model, x, y, labels) -> float:
+    """Median mask L1 of unforbidden searches for ``labels``: what natural features cost."""
+    peeler = _Peeler(model, x, "unit", CompletionSettings())
+    rng = np.random.default_rng(0)
+    free = np.zeros(x.shape[1:3], bool)
+    return float(np.median([peeler.search(k, free, np.full(x.shape[1:], 128.0, np.float32), rng)[0].sum()
+                            for k in labels]))
+
+
+def test_support_and_settings():
+    m = np.array([[0.0, 0.2], [0.5, 1.0]])
+    assert support(m, 0.3).tolist() == [[False, False], [True, True]]
+    assert not support(np.zeros((2, 2)), 0.3).any()
+    assert CompletionSettings().to_dict()["rounds"] == 6
+    for bad in (dict(rounds=-1), dict(steps=0), dict(attack_threshold=0.0), dict(support_level=1.5),
+                dict(max_growth=0.0), dict(natural_fraction=-1.0)):
+        with pytest.raises(TaborError, match="completion"):
+            CompletionSettings(**bad)
+
+
+def test_a_quarter_of_the_square_grows_to_the_whole_trigger(tiny_infected_victim):
+    model, x, y = _tiny(tiny_infected_victim)
+    truth = np.load(tiny_infected_victim.model_path.replace("model.h5", "backdoor0_mask.npy")).squeeze()
+    rows, cols = np.nonzero(truth)
+    start = np.zeros_like(truth)
+    start[rows.min():rows.min() + 2, cols.min():cols.min() + 2] = 1.0  # 4 of the 16 trigger pixels
+    natural = _natural_l1(model, x, y, [0, 1, 2])
+    out = complete_trigger(model, x, "unit", 7, start, np.full(x.shape[1:], 255.0, np.float32), y=y,
+                           natural_l1=natural)
+    before, after = trigger_fidelity(start, truth), trigger_fidelity(out.mask, truth)
+    assert before["recall"] == pytest.approx(0.25)
+    assert after["recall"] >= 0.9 and after["f1"] > before["f1"] + 0.05, (after, out.summary())
+    assert out.rounds[0]["accepted"] and out.rounds[0]["attack_success"] >= 0.8
+    assert np.all(out.mask >= start)  # the union keeps the first trigger
+    assert out.stop and out.summary()["accepted_rounds"] >= 1
+
+
+def test_peeling_a_clean_label_stops_at_natural_features(tiny_clean_victim):
+    model, x, y = _tiny(tiny_clean_victim)
+    peeler = _Peeler(model, x, "unit", CompletionSettings())
+    rng = np.random.default_rng(1)
+    mask, pattern, _ = peeler.search(3, np.zeros(x.shape[1:3], bool), np.full(x.shape[1:], 128.0, np.float32), rng)
+    natural = _natural_l1(model, x, y, [0, 1, 2, 4])
+    out = complete_trigger(model, x, "unit", 3, mask, pattern, y=y, natural_l1=natural)
+    assert not out.rounds[0]["accepted"] and out.summary()["accepted_rounds"] == 0
+    assert "natural features" in out.stop or "does not work" in out.stop
+    assert np.array_equal(out.mask, mask)
+
+
+def test_completion_needs_images_of_other_labels(tiny_clean_victim):
+    model, x, y = _tiny(tiny_clean_victim, n=20)
+    with pytest.raises(TaborError, match="at least 4 clean images"):
+        complete_trigger(model, x[y == 2][:3], "unit", 5, np.zeros(x.shape[1:3]), np.zeros(x.shape[1:]))
