@@ -457,7 +457,8 @@ def run_scan(
             deadline=deadline,
             **({"strategy": execution.strategy} if key == "tabor" else {}),
         )
-        _complete(result, run_victim, prepared, completion_rounds, seed, progress, deadline)
+    # outside the strategy's scope, on the plain float32 model: one label at a time needs no replicas
+    _complete(result, victim, prepared, completion_rounds, seed, progress, deadline)
     result.label_selection = label_selection
     reason = low_accuracy_reason(prepared.check)
     if reason:
