@@ -98,7 +98,7 @@ def test_out_refuses_a_finished_report_of_another_model(tiny_infected_victim, ti
     assert main(["scan", tiny_infected_victim.model_path, "--data", tiny_infected_victim.data_path, *NC_FAST,
                  "--out", str(out)]) in (0, 1)
     first = (out / "report.json").read_bytes()
-    assert len(list((out / "labels").glob("label_*_mask.npy"))) == 10
+    assert len(list((out / "labels").glob("label_[0-9][0-9][0-9]_mask.npy"))) == 10
     capsys.readouterr()
 
     rc = main(["scan", tiny_clean_victim.model_path, "--data", tiny_clean_victim.data_path, *NC_FAST,
