@@ -175,7 +175,8 @@ class _Peeler:
 
 def complete_trigger(victim, x_raw: np.ndarray, mode: str, label: int, mask, pattern, *,
                      settings: Optional[CompletionSettings] = None, seed: int = 0, y=None,
-                     natural_l1: Optional[float] = None, peeler: Optional[_Peeler] = None) -> Completion:
+                     natural_l1: Optional[float] = None, peeler: Optional[_Peeler] = None,
+                     deadline: Optional[float] = None) -> Completion:
     """Peel the trigger of ``label`` starting from its restored ``mask`` / ``pattern``.
 
     ``x_raw``: clean images (raw 0..255) for the search and the held-out attack test; images whose
@@ -202,7 +203,12 @@ def complete_trigger(victim, x_raw: np.ndarray, mode: str, label: int, mask, pat
     best_mask, best_pattern = mask0.copy(), pattern0.copy()
     forbidden = support(mask0, s.support_level)
     rounds, stop = [], f"{s.rounds} rounds done"
+    import time
+
     for _ in range(int(s.rounds)):
+        if deadline is not None and time.monotonic() >= deadline:
+            stop = "the time budget ran out"
+            break
         if forbidden.all():
             stop = "no pixel left"
             break
@@ -236,6 +242,9 @@ def complete_flagged(result, victim, x_raw: np.ndarray, y, mode: str, *, setting
     flagged = [int(v) for v in result.flagged_labels]
     if not flagged or int(s.rounds) == 0:
         return []
+    if deadline is not None and result.time_limited:
+        result.notes.append("trigger completion skipped: the time budget already cut the scan short")
+        return []
     if y is None:
         y = victim.predict_raw(x_raw, mode)
     done = []
@@ -247,7 +256,7 @@ def complete_flagged(result, victim, x_raw: np.ndarray, y, mode: str, *, setting
         lr = result.by_label(label)
         t0 = time.monotonic()
         out = complete_trigger(victim, x_raw, mode, label, lr.mask, lr.pattern, settings=s, seed=seed, y=y,
-                               natural_l1=natural_l1)
+                               natural_l1=natural_l1, deadline=deadline)
         lr.completed_mask, lr.completed_pattern = out.mask, out.pattern
         lr.parts["completion"] = dict(out.summary(), seconds=time.monotonic() - t0)
         done.append(label)
