@@ -16,12 +16,14 @@ Shapes: images ``x_raw`` ``[N, H, W, C]`` raw 0..255; masks ``[H, W]`` in [0, 1]
 
 from __future__ import annotations
 
+import time
 from dataclasses import asdict, dataclass, field
 from typing import Optional
 
 import numpy as np
 
 from .errors import TaborError
+from .stamping import stamp
 
 
 @dataclass(frozen=True)
@@ -110,8 +112,7 @@ class _Peeler:
             xb = tf.gather(self.x, idx)
             with tf.GradientTape() as tape:
                 mask, pattern = self._mask(), self._pattern()
-                stamped = xb * (1.0 - mask) + mask * pattern
-                logits = victim.logits(preprocess_fn(stamped, mode))
+                logits = victim.logits(preprocess_fn(stamp(xb, mask, pattern), mode))
                 labels = tf.fill([tf.shape(idx)[0]], self.target)
                 ce = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits))
                 l1 = tf.reduce_sum(mask)
@@ -134,7 +135,7 @@ class _Peeler:
         hits = 0
         for start in range(0, len(x_eval), 256):
             xb = x_eval[start:start + 256]
-            stamped = xb * (1.0 - mask[None, ..., None]) + (mask[..., None] * pattern)[None]
+            stamped = stamp(xb, mask[..., None], pattern)
             hits += int(np.sum(self._predict(tf.constant(stamped, tf.float32)).numpy() == int(label)))
         return hits / max(len(x_eval), 1)
 
@@ -203,8 +204,6 @@ def complete_trigger(victim, x_raw: np.ndarray, mode: str, label: int, mask, pat
     best_mask, best_pattern = mask0.copy(), pattern0.copy()
     forbidden = support(mask0, s.support_level)
     rounds, stop = [], f"{s.rounds} rounds done"
-    import time
-
     for _ in range(int(s.rounds)):
         if deadline is not None and time.monotonic() >= deadline:
             stop = "the time budget ran out"
@@ -234,8 +233,6 @@ def complete_flagged(result, victim, x_raw: np.ndarray, y, mode: str, *, setting
     ``LabelResult.completed_mask`` / ``completed_pattern`` and ``parts["completion"]``. ``y``:
     true labels of ``x_raw`` or None (the model's own predictions are used). Labels left when
     ``deadline`` (``time.monotonic()`` seconds) has passed are skipped. Returns the labels done."""
-    import time
-
     from .progress import emit
 
     s = settings or CompletionSettings()
