@@ -61,7 +61,9 @@ class Calibration:
     ridge: float = 1e-2
     # the models it was fitted on: {"input_shapes": [[H, W, C], ...], "num_classes": [K, ...]}
     domain: Optional[dict] = None
-    heldout_kind: str = "leave-one-out"  # how heldout_* were measured: leave-one-out, or a test split
+    heldout_kind: str = "leave-one-out"  # how heldout_* were measured: leave-one-out, or "test split"
+    test_models: int = 0  # with heldout_kind "test split": the models of the test half, none of them in the fit
+    test_infected: int = 0
     decision_rule: Optional[str] = None  # the method's outlier rule when fitted (None: before rules were named)
 
     def to_dict(self) -> dict:
@@ -79,7 +81,9 @@ class Calibration:
         if self.heldout_auc is None:
             reasons.append("no held-out measurement")
         elif self.heldout_auc < MIN_USEFUL_AUC:
-            reasons.append(f"its {self.heldout_kind} AUC on the fitting zoo is {self.heldout_auc:.2f}, below"
+            where = ("on the test split" if self.heldout_kind == "test split"
+                     else f"on the fitting zoo ({self.heldout_kind})")
+            reasons.append(f"its held-out AUC {where} is {self.heldout_auc:.2f}, below"
                            f" {MIN_USEFUL_AUC:.2f}: the index does not separate clean from infected there")
         if model is not None:
             unlike = _outside_domain(self.domain, model)
@@ -215,6 +219,25 @@ def fit(pairs: Iterable, *, method: str = "tabor", ridge: float = 1e-2, source: 
     return cal
 
 
+def evaluate(cal: Calibration, pairs: Iterable) -> dict:
+    """``cal`` on models outside its fit -> ``{n_models, n_infected, cross_entropy, auc}`` (pairs
+    with no index skipped; ``auc`` ``None`` when one class is missing)."""
+    ai, y = _clean_pairs(pairs)
+    if len(y) == 0:
+        raise ValueError("no test model with an anomaly index and a ground-truth card")
+    p = np.asarray([cal.probability(a) for a in ai], dtype=np.float64)
+    return {"n_models": int(len(y)), "n_infected": int(y.sum()), "cross_entropy": cross_entropy(p, y),
+            "auc": roc_auc(p, y)}
+
+
+def with_test_split(cal: Calibration, pairs: Iterable) -> Calibration:
+    """``cal`` with its held-out figures measured on a test split (``pairs`` of models that were not
+    in the fit) instead of leave-one-out on the fit's own models."""
+    result = evaluate(cal, pairs)
+    return replace(cal, heldout_kind="test split", heldout_cross_entropy=result["cross_entropy"],
+                   heldout_auc=result["auc"], test_models=result["n_models"], test_infected=result["n_infected"])
+
+
 def leave_one_out(ai: np.ndarray, y: np.ndarray, *, method: str = "tabor", ridge: float = 1e-2) -> np.ndarray:
     """Each model's probability from a fit on all the others (a fold with one class only falls back
     to the base rate of that fold)."""
@@ -344,8 +367,12 @@ def probability_text(report: dict) -> Optional[str]:
     if not cal:
         how = block.get("error") or "no calibration"
     elif cal.get("validated", False):
+        if cal.get("heldout_kind") == "test split":
+            measured = f"AUC {cal.get('heldout_auc'):.2f} on {cal.get('test_models')} other test models"
+        else:
+            measured = f"{cal.get('heldout_kind')} AUC {cal.get('heldout_auc'):.2f}"
         how = (f"calibrated on {cal.get('n_models')} zoo models{' like this one' if cal.get('domain_checked') else ''},"
-               f" {cal.get('heldout_kind')} AUC {cal.get('heldout_auc'):.2f}")
+               f" {measured}")
     else:
         reasons = cal.get("provisional_reasons") or (
             ["not fitted on a zoo"] if not cal.get("fitted_on_zoo") else ["not validated on models like this one"])
@@ -374,20 +401,42 @@ def find_compare_files(paths: Iterable) -> list:
     return found
 
 
-def fit_files(paths: Sequence, *, ridge: float = 1e-2, methods=("tabor", "neural_cleanse")) -> tuple:
+def fit_files(paths: Sequence, *, ridge: float = 1e-2, methods=("tabor", "neural_cleanse"),
+              test_paths: Sequence = ()) -> tuple:
     """Fit every method on the compare.json files under ``paths`` -> ``(calibrations, problems)``:
-    the fitted ``Calibration``s and one line per method that could not be fitted."""
+    the fitted ``Calibration``s and one line per method that could not be fitted. ``test_paths``:
+    compare.json files of a test split (e.g. the evaluation zoo's test half); the held-out figures
+    are then measured there, not by leave-one-out. A model in both is refused (``ValueError``)."""
     files = find_compare_files(paths)
+    test_files = find_compare_files(test_paths) if test_paths else []
+    overlap = {f.resolve() for f in files} & {f.resolve() for f in test_files}
+    names = {_model_name(f) for f in files} & {_model_name(f) for f in test_files} - {None}
+    if overlap or names:
+        raise ValueError("the test split shares models with the fit: "
+                         + ", ".join(sorted(map(str, names or overlap))[:5]))
     fitted, problems = [], []
     where = ", ".join(str(Path(p).resolve()) for p in paths)
     for method in methods:
         pairs = pairs_from_compare(files, method)
         try:
-            fitted.append(fit(pairs, method=method, ridge=ridge, domain=domain_of(models_from_compare(files)),
-                              source=f"fitted on {len(pairs)} zoo models (compare.json under {where})"))
+            cal = fit(pairs, method=method, ridge=ridge,
+                      domain=domain_of(models_from_compare(list(files) + list(test_files))),
+                      source=f"fitted on {len(pairs)} zoo models (compare.json under {where})")
+            if test_files:
+                cal = with_test_split(cal, pairs_from_compare(test_files, method))
+            fitted.append(cal)
         except ValueError as exc:
-            problems.append(f"{method}: {exc} ({len(files)} compare.json files)")
+            problems.append(f"{method}: {exc} ({len(files)} compare.json files, {len(test_files)} test)")
     return fitted, problems
+
+
+def _model_name(path) -> Optional[str]:
+    """The victim name of a compare.json's ground-truth card (``None`` without one), for the split check."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return (data.get("truth") or {}).get("name")
 
 
 def describe(cal: Calibration) -> str:
@@ -395,16 +444,19 @@ def describe(cal: Calibration) -> str:
     ce = "-" if cal.heldout_cross_entropy is None else f"{cal.heldout_cross_entropy:.3f}"
     auc = "-" if cal.heldout_auc is None else f"{cal.heldout_auc:.3f}"
     state = "provisional" if cal.provisional_reasons() else "fitted"
+    where = "leave-one-out" if cal.heldout_kind != "test split" else (
+        f"on the test split ({cal.test_models} models, {cal.test_infected} infected)")
     return (f"{cal.method:<15} a={cal.a:.3f} b={cal.b:.3f}  n={cal.n_models} ({cal.n_infected} infected, "
-            f"{cal.n_models - cal.n_infected} clean)  leave-one-out cross-entropy {ce} nats, AUC {auc}  [{state}]")
+            f"{cal.n_models - cal.n_infected} clean)  {where} cross-entropy {ce} nats, AUC {auc}  [{state}]")
 
 
 def main(argv=None) -> int:
     """Fit or show the trojan-probability calibration.
 
-    ``python -m tabor_tf.calibration fit OUT... [--out FILE] [--ridge R]``: fit both methods on
-    every compare.json under OUT (the folder of ``python -m tabor_tf.compare --zoo ZOO --out OUT``)
-    and print n, the leave-one-out cross-entropy and AUC per method; ``--out`` writes the file
+    ``python -m tabor_tf.calibration fit OUT... [--test TEST_OUT...] [--out FILE] [--ridge R]``:
+    fit both methods on every compare.json under OUT (the folder of ``python -m tabor_tf.compare
+    --zoo ZOO --out OUT``) and print n, the held-out cross-entropy and AUC per method (on the
+    models under TEST_OUT when given, e.g. dev half fitted, test half measured; else leave-one-out); ``--out`` writes the file
     (e.g. ``tabor_tf/assets/calibration.json``). ``python -m tabor_tf.calibration show [FILE]``:
     print a calibration file (default: the shipped one). Exit 0, or 2 when nothing could be fitted.
     The old form without ``fit`` (``python -m tabor_tf.calibration OUT...``) still works.
@@ -434,9 +486,12 @@ def main(argv=None) -> int:
                         help="compare --zoo output folders (or compare.json files); searched recursively")
     parser.add_argument("--out", default=None, help="write the fitted calibration JSON here")
     parser.add_argument("--ridge", type=float, default=1e-2, help="L2 penalty on the slope a (default 0.01)")
+    parser.add_argument("--test", nargs="+", default=[], metavar="TEST_OUT",
+                        help="compare output folders of a test split (models not in the fit, e.g. the evaluation "
+                             "zoo's test half): the cross-entropy and AUC are measured there, not leave-one-out")
     args = parser.parse_args(argv)
     try:
-        fitted, problems = fit_files(args.paths, ridge=args.ridge)
+        fitted, problems = fit_files(args.paths, ridge=args.ridge, test_paths=args.test)
     except (OSError, ValueError) as exc:
         print(f"tabor-tf: error: {exc}", file=sys.stderr)
         return 2
@@ -444,8 +499,9 @@ def main(argv=None) -> int:
         print(f"tabor-tf: cannot fit {line}", file=sys.stderr)
     for cal in fitted:
         print(describe(cal))
-        if cal.n_models < 10:
-            print(f"{'':<15} only {cal.n_models} models: the held-out figures are rough")
+        held_out = cal.test_models if cal.heldout_kind == "test split" else cal.n_models
+        if held_out < 10:
+            print(f"{'':<15} only {held_out} held-out models: the held-out figures are rough")
     if args.out and fitted:
         kept = []
         if Path(args.out).is_file():  # keep the methods this zoo could not fit from the file replaced
@@ -456,7 +512,10 @@ def main(argv=None) -> int:
                         print(f"{method}: kept the calibration already in {args.out}")
                     except (OSError, KeyError, ValueError, TypeError):
                         pass
-        save(fitted + kept, args.out, note="fitted by python -m tabor_tf.calibration fit " + " ".join(args.paths))
+        note = "fitted by python -m tabor_tf.calibration fit " + " ".join(args.paths)
+        if args.test:
+            note += " --test " + " ".join(args.test)
+        save(fitted + kept, args.out, note=note)
         print(f"wrote {args.out}")
     return 0 if fitted else 2
 

@@ -163,3 +163,33 @@ def test_fit_command_needs_two_of_each_class_and_keeps_the_other_method(tmp_path
     empty = tmp_path / "empty"
     empty.mkdir()
     assert main(["fit", str(empty)]) == 2
+
+
+def test_fit_on_dev_measured_on_test_split(tmp_path, capsys):
+    """Issue 11: fit on the dev half, report cross-entropy and AUC on the test half only."""
+    from tabor_tf.calibration import main, probability_text
+
+    _zoo_output(tmp_path / "dev", {"d-clean-0": (0.8, 1.1, False), "d-clean-1": (1.3, 0.4, False),
+                                   "d-a": (6.0, 3.0, True), "d-b": (3.5, 1.5, True), "d-c": (4.2, 2.2, True)})
+    # the test half: one clean model scores as high as an infected one (AUC below 1, measured there)
+    _zoo_output(tmp_path / "test", {"t-clean-0": (0.9, 1.0, False), "t-clean-1": (3.0, 0.5, False),
+                                    "t-a": (5.0, 2.8, True), "t-b": (2.5, 1.2, True)})
+    target = tmp_path / "cal.json"
+    assert main(["fit", str(tmp_path / "dev"), "--test", str(tmp_path / "test"), "--out", str(target)]) == 0
+    out = capsys.readouterr().out
+    assert "on the test split (4 models, 2 infected)" in out and "leave-one-out" not in out
+    assert "only 4 held-out models" in out
+    cal = load_default("tabor", target)
+    assert cal.n_models == 5 and cal.heldout_kind == "test split" and cal.test_models == 4
+    # the AUC on the test half, by hand: infected 5.0, 2.5 vs clean 0.9, 3.0 -> 3 of 4 pairs ordered
+    assert cal.heldout_auc == pytest.approx(0.75)
+    p = [cal.probability(a) for a in (0.9, 3.0, 5.0, 2.5)]
+    assert cal.heldout_cross_entropy == pytest.approx(cross_entropy(p, [0, 0, 1, 1]))
+    assert "--test" in json.loads(target.read_text())["note"]
+    current = replace(cal, decision_rule=decision_rule("tabor"))
+    text = probability_text({"trojan_probability": report_block("tabor", 4.0, current)})
+    assert "AUC 0.75 on 4 other test models" in text
+    # a model in both halves is refused: the figures would not be held out
+    _zoo_output(tmp_path / "leak", {"d-a": (6.0, 3.0, True), "t-x": (1.0, 1.0, False)})
+    assert main(["fit", str(tmp_path / "dev"), "--test", str(tmp_path / "leak")]) == 2
+    assert "shares models with the fit: d-a" in capsys.readouterr().err
