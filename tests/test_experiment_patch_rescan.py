@@ -166,6 +166,35 @@ def test_errors(same_target_victim, tmp_path, capsys):
     assert not (tmp_path / "o" / "patch_rescan.json").exists()
 
 
+def test_completed_trigger_redoes_only_the_patch_and_rescan(experiment, monkeypatch):
+    """--trigger completed unlearns the completed trigger: the scans are reused, the patch is redone
+    with that kind, and the setting is recorded in the JSON and the Markdown."""
+    from tabor_tf import scanning, unlearning
+
+    out, argv, first = experiment
+    kinds, scans = [], []
+    real_patch, real_scan = unlearning.patch_from_report, scanning.run_scan
+
+    def recording_patch(*a, **k):
+        kinds.append(k.get("trigger"))
+        return real_patch(*a, **k)
+
+    def recording_scan(*a, **k):
+        scans.append(k.get("method"))
+        return real_scan(*a, **k)
+
+    monkeypatch.setattr(unlearning, "patch_from_report", recording_patch)
+    monkeypatch.setattr(scanning, "run_scan", recording_scan)
+    tabor_only = [a for a in argv if a != "nc"]
+    assert main([*tabor_only, "--trigger", "completed"]) == 0
+    again = json.loads((out / "patch_rescan.json").read_text())
+    assert kinds == ["completed"] and scans == ["tabor"]  # scan 1 reused, the rescan of the new patch redone
+    assert again["settings"]["trigger"] == "completed" and again["methods"] == ["tabor"]
+    assert again["results"]["tabor"]["scan1"] == first["results"]["tabor"]["scan1"]
+    assert "restored trigger unlearned: completed" in (out / "patch_rescan.md").read_text()
+    assert main([*tabor_only, "--trigger", "whole"]) == 2
+
+
 def test_outcome_and_registry():
     from tabor_tf.experiments import patch_rescan as pr
 

@@ -72,6 +72,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="TABOR setting override (repeatable)")
     p.add_argument("--set-nc", "--nc-set", dest="set_nc", action="append", default=[], metavar="KEY=VALUE",
                    help="Neural Cleanse setting override (makes it budget-reduced / not faithful)")
+    p.add_argument("--trigger", choices=("minimal", "completed"), default="minimal",
+                   help="which restored trigger to unlearn: minimal (as the scan restored it; the paper's) or "
+                        "completed (grown to the whole trigger by trigger completion; docs/PATCHING.md)")
     p.add_argument("--fraction", type=float, default=0.2, metavar="F",
                    help="fraction of the fine-tuning images stamped with a restored trigger (default 0.2)")
     p.add_argument("--epochs", type=int, default=1, help="unlearning epochs (default 1)")
@@ -115,7 +118,7 @@ def run(args) -> int:
     result = patch_rescan(args.model, args.data, truth_path=args.truth, out_dir=out, methods=methods,
                           seed=args.seed, max_samples=DEFAULT_MAX_SAMPLES if args.max_samples is None
                           else args.max_samples, preprocess=args.preprocess, holdout=args.holdout,
-                          presets=presets, overrides=overrides, unlearn=unlearn,
+                          presets=presets, overrides=overrides, unlearn=unlearn, trigger=args.trigger,
                           allow_unsafe=args.allow_unsafe_deserialization, quiet=args.quiet)
     print("\n".join(summary_lines(result)))
     print(f"results: {out / (RESULT_NAME + '.json')}  {out / (RESULT_NAME + '.md')}", flush=True)
@@ -222,11 +225,13 @@ class _Inputs:
 def patch_rescan(model_path, data_path=None, *, truth_path, out_dir, methods=("tabor", "neural_cleanse"),
                  seed: int = 0, max_samples: Optional[int] = 1000, preprocess: Optional[str] = None,
                  holdout: float = 0.2, presets: Optional[dict] = None, overrides: Optional[dict] = None,
-                 unlearn=None, allow_unsafe: bool = False, quiet: bool = False, stream=None) -> dict:
+                 unlearn=None, trigger: str = "minimal", allow_unsafe: bool = False, quiet: bool = False,
+                 stream=None) -> dict:
     """Run (or resume) the experiment; write ``OUT/patch_rescan.{json,md}``; return the JSON dictionary.
 
     ``presets`` / ``overrides``: per method key (``tabor``, ``neural_cleanse``); ``unlearn``: an
-    ``UnlearnConfig``. Attack success and clean accuracy are fractions in [0, 1].
+    ``UnlearnConfig``; ``trigger``: the restored trigger unlearned, ``minimal`` or ``completed``
+    (``tabor_tf.unlearning.TRIGGER_KINDS``). Attack success and clean accuracy are fractions in [0, 1].
     """
     from .. import __version__
     from ..compare import card_data_source, check_methods, load_truth, nc_is_faithful, public, tabor_is_default
@@ -234,8 +239,10 @@ def patch_rescan(model_path, data_path=None, *, truth_path, out_dir, methods=("t
     from ..output_folder import claim
     from ..scanning import make_config, run_scan, scan_identity
     from ..terminal import ProgressBar, say, warn
-    from ..unlearning import UnlearnConfig, evaluate_backdoor, load_trainable, patch_from_report
+    from ..unlearning import TRIGGER_KINDS, UnlearnConfig, evaluate_backdoor, load_trainable, patch_from_report
 
+    if trigger not in TRIGGER_KINDS:
+        raise TaborError(f"trigger must be one of {', '.join(TRIGGER_KINDS)}, not {trigger!r}")
     stream = stream if stream is not None else sys.stderr
     started = time.perf_counter()
     methods = check_methods(methods)
@@ -331,19 +338,19 @@ def patch_rescan(model_path, data_path=None, *, truth_path, out_dir, methods=("t
         else:
             patched_path = folder / f"patched{suffix}"
             p_settings = {"scan1": scan1["settings"], "flagged_labels": scan1["flagged_labels"],
-                          "unlearn": unlearn.to_dict(), **common}
+                          "unlearn": unlearn.to_dict(), "trigger": trigger, **common}
             key = f"{DIR_NAMES[m]}-patch"
             patch = store.get(key, p_settings)
             if patch is not None and patched_path.is_file() and sha256_path(patched_path) == patch.get("sha256"):
                 log(f"{title:<14} patch: reused {patched_path}")
             else:
                 x_tune, y_tune, x_held, y_held = inputs.split()
-                log(f"{title:<14} patch: unlearning the restored trigger(s) of label(s) "
+                log(f"{title:<14} patch: unlearning the {trigger} restored trigger(s) of label(s) "
                     f"{', '.join(map(str, scan1['flagged_labels']))} with {len(y_tune)} images")
                 rec = patch_from_report(model_path, scan1["report_dir"], x_tune, y_tune, patched_path,
                                         labels=scan1["flagged_labels"], preprocess=mode, config=unlearn,
                                         eval_x=x_held, eval_y=y_held, true_triggers=true_trigs,
-                                        allow_unsafe=allow_unsafe)
+                                        allow_unsafe=allow_unsafe, trigger=trigger)
                 for text in rec["warnings"]:
                     warn(text, stream=stream)
                 k = len(rec["labels"])
@@ -368,7 +375,7 @@ def patch_rescan(model_path, data_path=None, *, truth_path, out_dir, methods=("t
         "model": str(model_path.resolve()), "model_sha256": model_sha, "data": common["data"],
         "truth": public(truth), "triggers": public_triggers(triggers), "one_trigger": len(triggers) == 1,
         "settings": {k: common[k] for k in ("max_samples", "preprocess", "seed", "holdout", "synthetic")}
-        | {"unlearn": unlearn.to_dict()},
+        | {"unlearn": unlearn.to_dict(), "trigger": trigger},
         "original": {k: original[k] for k in ("clean_accuracy", "attack_success", "eval_images", "fine_tune_images")},
         "methods": list(methods), "results": per_method, "notes": notes,
         "seconds": time.perf_counter() - started,
@@ -441,7 +448,8 @@ def to_markdown(result: dict) -> str:
     lines = [f"# Patch, then rescan (paper Figure 8): {result['truth'].get('name') or result['model']}", "",
              f"Model `{result['model']}`, clean data `{result['data']}`, seed {result['settings']['seed']}; "
              f"clean accuracy and attack success on {result['original']['eval_images']} held-out images "
-             f"(unlearning used {result['original']['fine_tune_images']}).", "",
+             f"(unlearning used {result['original']['fine_tune_images']}; restored trigger unlearned: "
+             f"{result['settings'].get('trigger', 'minimal')}).", "",
              "Real triggers (card):", ""]
     lines += [f"- **{t['name']}**: {t['description']}" for t in trig]
     for note in result["notes"]:
