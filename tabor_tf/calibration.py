@@ -42,6 +42,7 @@ DEFAULT_PATH = Path(__file__).parent / "assets" / "calibration.json"
 # a held-out AUC below this does not make the probability a usable number (0.5 = chance)
 MIN_USEFUL_AUC = 0.75
 MAPPING = "p = sigmoid(a * log(1 + max(anomaly_index, 0)) + b)"
+TEST_SPLIT = "test split"  # heldout_kind of figures measured on models outside the fit (fit --test)
 EPS = 1e-7
 
 
@@ -61,13 +62,18 @@ class Calibration:
     ridge: float = 1e-2
     # the models it was fitted on: {"input_shapes": [[H, W, C], ...], "num_classes": [K, ...]}
     domain: Optional[dict] = None
-    heldout_kind: str = "leave-one-out"  # how heldout_* were measured: leave-one-out, or "test split"
-    test_models: int = 0  # with heldout_kind "test split": the models of the test half, none of them in the fit
+    heldout_kind: str = "leave-one-out"  # how heldout_* were measured: leave-one-out, or TEST_SPLIT
+    test_models: int = 0  # with heldout_kind TEST_SPLIT: the models of the test half, none of them in the fit
     test_infected: int = 0
     decision_rule: Optional[str] = None  # the method's outlier rule when fitted (None: before rules were named)
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @property
+    def heldout_models(self) -> int:
+        """How many models the held-out figures were measured on."""
+        return self.test_models if self.heldout_kind == TEST_SPLIT else self.n_models
 
     def provisional_reasons(self, model: Optional[dict] = None) -> list:
         """Why the probability of a scan of ``model`` (report.json's ``model`` block) is not
@@ -81,7 +87,7 @@ class Calibration:
         if self.heldout_auc is None:
             reasons.append("no held-out measurement")
         elif self.heldout_auc < MIN_USEFUL_AUC:
-            where = ("on the test split" if self.heldout_kind == "test split"
+            where = ("on the test split" if self.heldout_kind == TEST_SPLIT
                      else f"on the fitting zoo ({self.heldout_kind})")
             reasons.append(f"its held-out AUC {where} is {self.heldout_auc:.2f}, below"
                            f" {MIN_USEFUL_AUC:.2f}: the index does not separate clean from infected there")
@@ -234,7 +240,7 @@ def with_test_split(cal: Calibration, pairs: Iterable) -> Calibration:
     """``cal`` with its held-out figures measured on a test split (``pairs`` of models that were not
     in the fit) instead of leave-one-out on the fit's own models."""
     result = evaluate(cal, pairs)
-    return replace(cal, heldout_kind="test split", heldout_cross_entropy=result["cross_entropy"],
+    return replace(cal, heldout_kind=TEST_SPLIT, heldout_cross_entropy=result["cross_entropy"],
                    heldout_auc=result["auc"], test_models=result["n_models"], test_infected=result["n_infected"])
 
 
@@ -367,7 +373,7 @@ def probability_text(report: dict) -> Optional[str]:
     if not cal:
         how = block.get("error") or "no calibration"
     elif cal.get("validated", False):
-        if cal.get("heldout_kind") == "test split":
+        if cal.get("heldout_kind") == TEST_SPLIT:
             measured = f"AUC {cal.get('heldout_auc'):.2f} on {cal.get('test_models')} other test models"
         else:
             measured = f"{cal.get('heldout_kind')} AUC {cal.get('heldout_auc'):.2f}"
@@ -416,11 +422,11 @@ def fit_files(paths: Sequence, *, ridge: float = 1e-2, methods=("tabor", "neural
                          + ", ".join(sorted(map(str, names or overlap))[:5]))
     fitted, problems = [], []
     where = ", ".join(str(Path(p).resolve()) for p in paths)
+    domain = domain_of(models_from_compare(list(files) + list(test_files)))
     for method in methods:
         pairs = pairs_from_compare(files, method)
         try:
-            cal = fit(pairs, method=method, ridge=ridge,
-                      domain=domain_of(models_from_compare(list(files) + list(test_files))),
+            cal = fit(pairs, method=method, ridge=ridge, domain=domain,
                       source=f"fitted on {len(pairs)} zoo models (compare.json under {where})")
             if test_files:
                 cal = with_test_split(cal, pairs_from_compare(test_files, method))
@@ -444,7 +450,7 @@ def describe(cal: Calibration) -> str:
     ce = "-" if cal.heldout_cross_entropy is None else f"{cal.heldout_cross_entropy:.3f}"
     auc = "-" if cal.heldout_auc is None else f"{cal.heldout_auc:.3f}"
     state = "provisional" if cal.provisional_reasons() else "fitted"
-    where = "leave-one-out" if cal.heldout_kind != "test split" else (
+    where = "leave-one-out" if cal.heldout_kind != TEST_SPLIT else (
         f"on the test split ({cal.test_models} models, {cal.test_infected} infected)")
     return (f"{cal.method:<15} a={cal.a:.3f} b={cal.b:.3f}  n={cal.n_models} ({cal.n_infected} infected, "
             f"{cal.n_models - cal.n_infected} clean)  {where} cross-entropy {ce} nats, AUC {auc}  [{state}]")
@@ -499,9 +505,8 @@ def main(argv=None) -> int:
         print(f"tabor-tf: cannot fit {line}", file=sys.stderr)
     for cal in fitted:
         print(describe(cal))
-        held_out = cal.test_models if cal.heldout_kind == "test split" else cal.n_models
-        if held_out < 10:
-            print(f"{'':<15} only {held_out} held-out models: the held-out figures are rough")
+        if cal.heldout_models < 10:
+            print(f"{'':<15} only {cal.heldout_models} held-out models: the held-out figures are rough")
     if args.out and fitted:
         kept = []
         if Path(args.out).is_file():  # keep the methods this zoo could not fit from the file replaced

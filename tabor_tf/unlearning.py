@@ -233,6 +233,12 @@ def patch(
 TRIGGER_KINDS = ("minimal", "completed")  # which restored trigger to unlearn: as found, or grown whole
 
 
+def check_trigger_kind(trigger: str) -> None:
+    """``TaborError`` unless ``trigger`` is one of ``TRIGGER_KINDS``."""
+    if trigger not in TRIGGER_KINDS:
+        raise TaborError(f"trigger must be one of {', '.join(TRIGGER_KINDS)}, not {trigger!r}")
+
+
 def triggers_from_report(report_path, labels: Optional[Sequence[int]] = None, trigger: str = "minimal") -> tuple:
     """The restored triggers of a scan report -> ``([(mask [H,W], pattern [H,W,C] raw, label)], report)``.
 
@@ -255,8 +261,7 @@ def triggers_from_report(report_path, labels: Optional[Sequence[int]] = None, tr
     if missing:
         raise TaborError(f"label(s) {', '.join(map(str, missing))} were not scanned in {report_dir}; "
                          f"scanned: {', '.join(map(str, sorted(scanned)))}")
-    if trigger not in TRIGGER_KINDS:
-        raise TaborError(f"trigger must be one of {', '.join(TRIGGER_KINDS)}, not {trigger!r}")
+    check_trigger_kind(trigger)
     entries = {int(e["label"]): e for e in report.get("labels", [])}
 
     def prefix(v):

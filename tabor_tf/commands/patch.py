@@ -20,6 +20,8 @@ PATCH_RECORD_SUFFIX = ".patch.json"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from ..unlearning import TRIGGER_KINDS
+
     parser.add_argument("model", metavar="MODEL", help="the scanned .keras / .h5 model (only read)")
     parser.add_argument("--report", required=True, metavar="REPORT",
                         help="the scan's report folder (or its report.json): the restored triggers come from it")
@@ -38,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="fraction of the images kept out of fine-tuning to measure before / after (default 0.2)")
     parser.add_argument("--fraction", type=float, default=0.2, metavar="F",
                         help="fraction of the fine-tuning images stamped with a restored trigger (default 0.2)")
-    parser.add_argument("--trigger", choices=("minimal", "completed"), default="minimal",
+    parser.add_argument("--trigger", choices=TRIGGER_KINDS, default="minimal",
                         help="unlearn each label's trigger as the detector restored it (minimal, default) or the "
                              "whole trigger grown from it by the scan's trigger completion (completed; labels "
                              "without one use the minimal trigger)")

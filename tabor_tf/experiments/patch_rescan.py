@@ -49,6 +49,8 @@ TITLES = {"tabor": "TABOR", "neural_cleanse": "Neural Cleanse"}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from ..unlearning import TRIGGER_KINDS
+
     p.add_argument("model", metavar="MODEL", help="the infected .keras / .h5 model (only read)")
     p.add_argument("--data", metavar="DATA", default=None,
                    help="LABELLED clean images (.npz / .npy / .h5 / image folder / GTSRB folder, or 'synthetic'); "
@@ -72,7 +74,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="TABOR setting override (repeatable)")
     p.add_argument("--set-nc", "--nc-set", dest="set_nc", action="append", default=[], metavar="KEY=VALUE",
                    help="Neural Cleanse setting override (makes it budget-reduced / not faithful)")
-    p.add_argument("--trigger", choices=("minimal", "completed"), default="minimal",
+    p.add_argument("--trigger", choices=TRIGGER_KINDS, default="minimal",
                    help="which restored trigger to unlearn: minimal (as the scan restored it; the paper's) or "
                         "completed (grown to the whole trigger by trigger completion; docs/PATCHING.md)")
     p.add_argument("--fraction", type=float, default=0.2, metavar="F",
@@ -239,10 +241,9 @@ def patch_rescan(model_path, data_path=None, *, truth_path, out_dir, methods=("t
     from ..output_folder import claim
     from ..scanning import make_config, run_scan, scan_identity
     from ..terminal import ProgressBar, say, warn
-    from ..unlearning import TRIGGER_KINDS, UnlearnConfig, evaluate_backdoor, load_trainable, patch_from_report
+    from ..unlearning import UnlearnConfig, check_trigger_kind, evaluate_backdoor, load_trainable, patch_from_report
 
-    if trigger not in TRIGGER_KINDS:
-        raise TaborError(f"trigger must be one of {', '.join(TRIGGER_KINDS)}, not {trigger!r}")
+    check_trigger_kind(trigger)  # before any scan, not after scan 1
     stream = stream if stream is not None else sys.stderr
     started = time.perf_counter()
     methods = check_methods(methods)
