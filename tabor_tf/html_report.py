@@ -15,7 +15,7 @@ import math
 from pathlib import Path
 from typing import Optional, Sequence
 
-from .report import atomic_write_bytes, load_report
+from .report import atomic_write_bytes, detection_limit_text, load_report
 
 HTML_NAME = "report.html"
 FLAGGED_ROW = ' style="color:#c62828;font-weight:600"'
@@ -288,6 +288,9 @@ def render_report_html(report: dict, base_dir) -> str:
     if report.get("time_limited") and not report.get("inconclusive_reasons"):
         parts.append(f'<div class="warn" id="time-limited">⚠ time-limited: {esc(report["time_limited"])}; more labels'
                      " may be outliers</div>")
+    blind = detection_limit_text(report) if verdict == "clean" else None
+    if blind:
+        parts.append(f'<div class="note" id="detection-limit">Blind spot: {esc(blind)}</div>')
     prob_text = _probability_text(report)
     if prob_text:
         parts.append(f'<div class="note" id="trojan-probability">{esc(prob_text)}</div>')

@@ -220,6 +220,17 @@ def method_key(method: str) -> str:
     raise TaborError(f"unknown method {method!r}; choose tabor or nc")
 
 
+def detection_limit_text(report: dict) -> Optional[str]:
+    """The blind spot a clean verdict leaves, in words, from ``report["detection_limit"]`` (None if absent)."""
+    limit = report.get("detection_limit")
+    if not limit:
+        return None
+    return (f"a trigger whose smallest working part needs a mask of about {limit['natural_l1_median']:.0f} px"
+            f" ({100 * limit['natural_fraction']:.0f}% of the image) or more costs what this model's natural"
+            " features cost and is not an outlier: this verdict does not rule it out (docs/TABOR_CHOICES.md,"
+            " \"Large triggers\")")
+
+
 def build_report(scan: ScanResult, context: ReportContext, label_files: Optional[dict] = None,
                  calibration=None) -> dict:
     """The report.json dictionary (see docs/REPORT_SCHEMA.md). ``label_files``: label -> file paths.
@@ -266,6 +277,7 @@ def build_report(scan: ScanResult, context: ReportContext, label_files: Optional
         },
         "trojan_probability": report_block(scan.method, scan.mad.anomaly_index, calibration,
                                            model=dict(context.model)),
+        "detection_limit": scan.detection_limit,
         "seconds": float(scan.seconds),
         "notes": list(scan.notes),
         "labels": labels,

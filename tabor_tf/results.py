@@ -99,6 +99,19 @@ class ScanResult:
     def flagged_labels(self) -> list:
         return list(self.mad.flagged_labels)
 
+    @property
+    def detection_limit(self) -> Optional[dict]:
+        """What the model's natural features cost: the median restored mask L1 of the scanned labels
+        (pixels, mask values summed) and its share of the image's ``H * W`` pixels. A backdoor whose
+        smallest working trigger costs about this much is not a low outlier for either method, so a
+        clean verdict does not rule it out (docs/TABOR_CHOICES.md, "Large triggers"). ``None``
+        without labels."""
+        if not self.labels:
+            return None
+        median = float(np.median([float(r.l1) for r in self.labels]))
+        pixels = int(np.asarray(self.labels[0].mask).shape[0] * np.asarray(self.labels[0].mask).shape[1])
+        return {"natural_l1_median": median, "image_pixels": pixels, "natural_fraction": median / max(pixels, 1)}
+
     def by_label(self, label: int) -> LabelResult:
         for r in self.labels:
             if r.label == int(label):

@@ -221,6 +221,12 @@ def summary_lines(report: dict, report_path: Optional[str] = None, html_path: Op
         f"  (preprocessing {prep.get('mode', '?')})",
         f"time             {human_duration(float(report.get('seconds', 0.0)))}",
     ]
+    if report.get("verdict") == "clean":
+        from .report import detection_limit_text
+
+        blind = detection_limit_text(report)
+        if blind:
+            lines.insert(3, f"blind spot       {blind}")
     if report_path:
         lines.append(f"report           {report_path}")
     if html_path:

@@ -186,3 +186,26 @@ def test_report_carries_the_calibrated_trojan_probability(tmp_path):
     assert flat["trojan_probability"]["probability"] == 1.0
     assert flat["trojan_probability"]["calibration"]["fitted_on_zoo"]
     assert flat["trojan_probability"]["calibration"]["heldout_auc"] == 0.95
+
+
+def test_detection_limit_states_the_large_trigger_blind_spot_of_a_clean_verdict(tmp_path):
+    from tabor_tf.html_report import write_report_html
+    from tabor_tf.report import detection_limit_text
+    from tabor_tf.terminal import summary_lines
+
+    clean = scan_result(CLEAN)
+    report = write_report(clean, tmp_path, context(), html=False)
+    limit = report["detection_limit"]
+    expected = float(np.median([r.l1 for r in clean.labels]))
+    assert limit["natural_l1_median"] == pytest.approx(expected)
+    assert limit["image_pixels"] == H * W and limit["natural_fraction"] == pytest.approx(expected / (H * W))
+    text = detection_limit_text(report)
+    assert f"{expected:.0f} px" in text and f"{100 * expected / (H * W):.0f}% of the image" in text
+    assert any(line.startswith("blind spot") and text in line for line in summary_lines(report))
+    write_report_html(tmp_path, report)
+    assert 'id="detection-limit"' in (tmp_path / "report.html").read_text(encoding="utf-8")
+
+    infected = build_report(scan_result(INFECTED), context())
+    assert infected["detection_limit"]["natural_l1_median"] > 0  # recorded for every verdict
+    assert not any(line.startswith("blind spot") for line in summary_lines(infected))  # shown for clean only
+    assert detection_limit_text({"verdict": "clean"}) is None  # reports written before the field existed

@@ -1,0 +1,194 @@
+"""Evidence beside the MAD, measured on a finished TABOR scan (issue 11: large triggers).
+
+For a folder written by ``python -m tabor_tf.compare MODEL --data DATA --truth CARD --methods
+tabor --out DIR`` (or ``tabor-tf scan``), re-load the saved per-label triggers
+(``DIR/tabor/labels/label_NNN_{mask,pattern}.npy``) and measure, without optimising again:
+
+* ``--evidence``: per label, the attack success on *held-out* clean images (test images the scan
+  did not use, correctly classified, of the other classes), its minimum over source classes, and
+  the footprint's shape (share of its largest 8-connected component, connected components,
+  footprint / bounding-box area). The question: does a real trigger keep working on every source
+  class, and is it more compact than a natural feature of the same size?
+* ``--explanation``: the verdict of the first start (confirmation from fresh starts not redone)
+  when A is recomputed with other forms of the explanation test: top fraction q = 0.05 (the
+  default), 0.10, 0.20, q tied to the footprint (|F| / HW and 2 |F| / HW, at least 0.05), the
+  black reference ("the important features alone", section 4.2.3), and no explanation part.
+* ``--peel N``: every label's trigger peeled N rounds (``tabor_tf.completion``, no acceptance
+  limit): does a real (large) trigger leave another cheap trigger behind when its pixels are
+  forbidden, where a natural feature does not?
+
+Usage (one victim of the evaluation zoo):
+
+  python benchmarks/label_evidence.py runs/tab-dev/NAME --model runs/zoo-eval-dev/NAME/model.h5 \
+      --data .../mnist-28x28.npz --card runs/zoo-eval-dev/NAME/card.json --evidence --explanation [--peel 3]
+
+Writes ``DIR/label_evidence.json``. Pixel domain raw 0..255; masks ``[H,W]``, patterns ``[H,W,C]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+from tabor_tf.completion import CompletionSettings, complete_trigger
+from tabor_tf.data import load_clean_data, subsample_indices
+from tabor_tf.loading import load_victim
+from tabor_tf.outliers import mad_test
+from tabor_tf.tabor import detector, quality
+from tabor_tf.tabor.explain import TriggerEvaluator
+from tabor_tf.tabor.presets import TaborConfig
+from tabor_tf.zoo.build import resize_images
+
+
+class Scan:
+    """A finished scan's triggers and settings, with its victim and clean images."""
+
+    def __init__(self, folder: Path, model: Path, data: Path, card: Path):
+        self.report = json.loads((folder / "tabor" / "report.json").read_text())
+        labs = sorted(self.report["labels"], key=lambda r: r["label"])
+        self.rows = labs
+        self.labels = [r["label"] for r in labs]
+        base = folder / "tabor"
+        self.masks = np.stack([np.load(base / r["files"]["mask_npy"]) for r in labs]).astype(np.float32)
+        self.patterns = np.stack([np.load(base / r["files"]["pattern_npy"]) for r in labs]).astype(np.float32)
+        truth = json.loads(card.read_text())
+        self.targets = sorted({b["target"] for b in truth.get("backdoors", []) if b.get("target") is not None})
+        self.victim = load_victim(model)
+        self.mode = self.report["preprocess"]["mode"]
+        self.data_path = data
+        d = self.report["data"]
+        self.samples, self.sample_seed = int(d["max_samples"]), int(d.get("subsample_seed", 0))
+        clean = load_clean_data(data, image_shape=self.victim.input_shape, limit=self.samples, seed=self.sample_seed)
+        self.x, self.y = clean.x.astype(np.float32), clean.y
+        fields = TaborConfig.__dataclass_fields__
+        self.config = TaborConfig(**{k: v for k, v in self.report["settings"].items() if k in fields})
+        self.seed = int(self.report["seed"])
+
+    def held_out(self, count: int = 3000):
+        """Clean test images the scan did not use, correctly classified: ``(x [N,H,W,C], y [N])``."""
+        arr = np.load(self.data_path)
+        x, y = arr["x_test"], arr["y_test"].astype(np.int64).reshape(-1)
+        used = subsample_indices(len(x), self.samples, y, self.sample_seed)
+        rest = np.setdiff1d(np.arange(len(x)), used)
+        pick = np.sort(np.random.default_rng(1).choice(rest, size=min(count, len(rest)), replace=False))
+        xs = x[pick]
+        if xs.ndim == 3:
+            xs = xs[..., None]
+        xs = xs.astype(np.float32)
+        if xs.shape[1:3] != tuple(self.victim.input_shape[:2]):
+            xs = resize_images(xs, self.victim.input_shape[0]).astype(np.float32)
+        ok = self.victim.predict_raw(xs, self.mode) == y[pick]
+        return xs[ok], y[pick][ok]
+
+
+def shape_of(mask: np.ndarray, threshold: float) -> dict:
+    f = quality.footprint(mask, threshold).astype(bool)
+    comp, n = ndimage.label(f, structure=np.ones((3, 3)))
+    sizes = np.bincount(comp.ravel())[1:] if n else np.zeros(1)
+    ys, xs = np.nonzero(f)
+    box = (np.ptp(ys) + 1) * (np.ptp(xs) + 1) if len(ys) else 1
+    return {"footprint": int(f.sum()), "components": int(n),
+            "largest_share": round(float(sizes.max() / max(1, f.sum())), 3), "box_fill": round(float(f.sum() / box), 3)}
+
+
+def evidence(scan: Scan) -> list:
+    xh, yh = scan.held_out()
+    out = []
+    for i, lab in enumerate(scan.labels):
+        other = yh != lab
+        m = scan.masks[i][..., None]
+        pred = scan.victim.predict_raw(xh[other] * (1 - m) + m * scan.patterns[i], scan.mode)
+        hit = pred == lab
+        src = yh[other]
+        per = [float(hit[src == c].mean()) for c in np.unique(src) if np.sum(src == c) >= 5]
+        row = {"label": lab, "target": lab in scan.targets, "A": round(scan.rows[i]["score"], 3),
+               "index": round(scan.rows[i]["anomaly_index"], 2), "l1": round(scan.rows[i]["l1"], 1),
+               "heldout_success": round(float(hit.mean()), 3), "min_class_success": round(min(per), 3)}
+        row.update(shape_of(scan.masks[i], scan.config.footprint_threshold))
+        out.append(row)
+    return out
+
+
+def explanation_variants(scan: Scan) -> dict:
+    cfg, x, y = scan.config, scan.x, scan.y
+    sel = detector.eval_subset(len(x), int(cfg.eval_images), scan.seed)
+    thr, side = detector.decision_threshold(cfg, len(scan.labels)), detector.mad_side(cfg, len(scan.labels))
+    hw = scan.masks.shape[1] * scan.masks.shape[2]
+    fp = [int(quality.footprint(m, cfg.footprint_threshold).sum()) for m in scan.masks]
+    n = len(scan.labels)
+    variants = {
+        "q0.05": ([0.05] * n, "clean"), "q0.10": ([0.10] * n, "clean"), "q0.20": ([0.20] * n, "clean"),
+        "q=|F|": ([max(0.05, round(f / hw + 0.005, 2)) for f in fp], "clean"),
+        "q=2|F|": ([max(0.05, min(0.9, round(2 * f / hw + 0.005, 2))) for f in fp], "clean"),
+        "black-q0.05": ([0.05] * n, "black"),
+    }
+    results = {}
+    for name, (fractions, reference) in variants.items():
+        acc = [None] * n
+        for q in sorted(set(fractions)):
+            idx = [i for i, f in enumerate(fractions) if f == q]
+            ev = TriggerEvaluator(scan.victim.logits, scan.mode, q, reference)
+            a = ev.evaluate(x[sel], y[sel], scan.masks[idx], scan.patterns[idx], np.array(scan.labels)[idx],
+                            max_images=cfg.max_images_per_step)
+            for j, i in enumerate(idx):
+                acc[i] = (float(a["acc_att"][j]), float(a["acc_crop"][j]), float(a["acc_exp"][j]))
+        for drop in ((False, True) if name == "q0.05" else (False,)):
+            scores = [quality.quality_parts(scan.masks[i], acc[i][0], acc[i][1], 1.0 if drop else acc[i][2], len(sel),
+                                            cfg.footprint_threshold, cfg.accuracy_floor)["A"] for i in range(n)]
+            mad = mad_test(np.array(scores), labels=scan.labels, threshold=thr, side=side).to_dict()
+            key = "no explanation part" if drop else name
+            results[key] = {"flagged": mad["flagged_labels"], "anomaly_index": round(mad["anomaly_index"], 2),
+                            "threshold": round(thr, 2),
+                            "target_index": {str(t): round(mad["label_indices"][str(t)], 2) for t in scan.targets}}
+            print(f"  {key:22s} flagged {results[key]['flagged']} index {results[key]['anomaly_index']:.2f} "
+                  f"(threshold {thr:.2f}); targets {results[key]['target_index']}", flush=True)
+    return results
+
+
+def peel(scan: Scan, rounds: int) -> dict:
+    settings = CompletionSettings(rounds=rounds, natural_fraction=1e9)
+    out = {}
+    for i in np.argsort([r["score"] for r in scan.rows]):
+        lab = scan.labels[i]
+        c = complete_trigger(scan.victim, scan.x, scan.mode, lab, scan.masks[i], scan.patterns[i],
+                             settings=settings, seed=scan.seed, y=scan.y, natural_l1=1e9)
+        out[str(lab)] = [{"l1": round(r["l1"], 1), "attack_success": round(r["attack_success"], 3)} for r in c.rounds]
+        print(f"  {'T' if lab in scan.targets else ' '} {lab:3d} first L1 {scan.rows[i]['l1']:.1f}; peeled: " +
+              " ".join(f"{r['l1']:.1f} ({r['attack_success']:.2f})" for r in c.rounds), flush=True)
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("folder", type=Path, help="output folder of a compare/scan run (holds tabor/report.json)")
+    ap.add_argument("--model", type=Path, required=True)
+    ap.add_argument("--data", type=Path, required=True, help="NPZ with x_test/y_test (the scan's data)")
+    ap.add_argument("--card", type=Path, required=True, help="the victim's card.json (true targets)")
+    ap.add_argument("--evidence", action="store_true")
+    ap.add_argument("--explanation", action="store_true")
+    ap.add_argument("--peel", type=int, default=0, metavar="N")
+    args = ap.parse_args(argv)
+    started = time.perf_counter()
+    scan = Scan(args.folder, args.model, args.data, args.card)
+    print(f"{args.folder.name}: {len(scan.labels)} labels, targets {scan.targets}", flush=True)
+    out = {"targets": scan.targets}
+    if args.evidence:
+        out["evidence"] = evidence(scan)
+        for r in sorted(out["evidence"], key=lambda r: r["A"]):
+            print("  " + ("T " if r["target"] else "  ") + " ".join(f"{k} {v}" for k, v in r.items() if k != "target"))
+    if args.explanation:
+        out["explanation"] = explanation_variants(scan)
+    if args.peel:
+        out["peel"] = peel(scan, args.peel)
+    out["seconds"] = round(time.perf_counter() - started, 1)
+    (args.folder / "label_evidence.json").write_text(json.dumps(out, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
