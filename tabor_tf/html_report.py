@@ -288,7 +288,7 @@ def render_report_html(report: dict, base_dir) -> str:
     if report.get("time_limited") and not report.get("inconclusive_reasons"):
         parts.append(f'<div class="warn" id="time-limited">⚠ time-limited: {esc(report["time_limited"])}; more labels'
                      " may be outliers</div>")
-    blind = detection_limit_text(report) if verdict == "clean" else None
+    blind = detection_limit_text(report)
     if blind:
         parts.append(f'<div class="note" id="detection-limit">Blind spot: {esc(blind)}</div>')
     prob_text = _probability_text(report)

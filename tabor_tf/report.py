@@ -221,9 +221,10 @@ def method_key(method: str) -> str:
 
 
 def detection_limit_text(report: dict) -> Optional[str]:
-    """The blind spot a clean verdict leaves, in words, from ``report["detection_limit"]`` (None if absent)."""
+    """The blind spot a clean verdict leaves, in words, from ``report["detection_limit"]`` (None for
+    other verdicts, and for reports written before the field existed)."""
     limit = report.get("detection_limit")
-    if not limit:
+    if report.get("verdict") != "clean" or not limit:
         return None
     return (f"a trigger whose smallest working part needs a mask of about {limit['natural_l1_median']:.0f} px"
             f" ({100 * limit['natural_fraction']:.0f}% of the image) or more costs what this model's natural"

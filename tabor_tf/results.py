@@ -109,7 +109,8 @@ class ScanResult:
         if not self.labels:
             return None
         median = float(np.median([float(r.l1) for r in self.labels]))
-        pixels = int(np.asarray(self.labels[0].mask).shape[0] * np.asarray(self.labels[0].mask).shape[1])
+        height, width = np.shape(self.labels[0].mask)[:2]
+        pixels = int(height * width)
         return {"natural_l1_median": median, "image_pixels": pixels, "natural_fraction": median / max(pixels, 1)}
 
     def by_label(self, label: int) -> LabelResult:

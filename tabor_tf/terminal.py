@@ -207,6 +207,9 @@ def summary_lines(report: dict, report_path: Optional[str] = None, html_path: Op
     acc = prep.get("clean_accuracy")
     mad = report.get("mad", {})
     inconclusive = report.get("verdict") == "inconclusive"
+    from .report import detection_limit_text  # here, not at the top: report.py loads OpenCV
+
+    blind = detection_limit_text(report)
     lines = [verdict_line(report)]
     for reason in report.get("inconclusive_reasons") or ():
         lines.append(f"why              {reason}")
@@ -215,18 +218,13 @@ def summary_lines(report: dict, report_path: Optional[str] = None, html_path: Op
     lines += [
         f"{'candidate labels' if inconclusive else 'flagged labels  '} {', '.join(map(str, flagged)) if flagged else 'none'}",
         f"anomaly index    {_index_text(report.get('anomaly_index'))}  (threshold {float(mad.get('threshold') or 2.0):g})",
+        *([f"blind spot       {blind}"] if blind else []),
         *[f"fresh starts     {n}" for n in report.get("notes") or () if "fresh starts" in n],
         *_completion_lines(report),
         f"clean accuracy   {'unknown' if acc is None else f'{100 * float(acc):.1f}%'}"
         f"  (preprocessing {prep.get('mode', '?')})",
         f"time             {human_duration(float(report.get('seconds', 0.0)))}",
     ]
-    if report.get("verdict") == "clean":
-        from .report import detection_limit_text
-
-        blind = detection_limit_text(report)
-        if blind:
-            lines.insert(3, f"blind spot       {blind}")
     if report_path:
         lines.append(f"report           {report_path}")
     if html_path:
