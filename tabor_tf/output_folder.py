@@ -156,6 +156,44 @@ def claim(folder, identity: dict, *, overwrite: bool = False) -> str:
     return state
 
 
+def first_missing_ancestor(folder) -> Optional[Path]:
+    """The outermost folder of ``folder``'s path (itself included) that does not exist yet, or None."""
+    folder = Path(folder)
+    missing = None
+    for candidate in (folder, *folder.parents):
+        if candidate.exists():
+            break
+        missing = candidate
+    return missing
+
+
+def release_unused(folder, created: Optional[Path]) -> None:
+    """Undo a ``claim`` of ``folder`` whose scan stopped before it did any work (a model or data
+    that could not be loaded): its identity file goes, then the checkpoint folder if it is empty,
+    then ``folder`` and its parents up to ``created`` (from ``first_missing_ancestor`` before the
+    claim) where they are empty. A folder that held anything is left as it was."""
+    folder = Path(folder)
+    checkpoint = folder / CHECKPOINT_DIR
+    if checkpoint.is_dir() and holds_work(checkpoint):
+        return
+    (checkpoint / IDENTITY_NAME).unlink(missing_ok=True)
+    if created is None:
+        _remove_if_empty(checkpoint)
+        return
+    created = Path(created)
+    for candidate in (checkpoint, folder, *folder.parents):
+        if not _remove_if_empty(candidate) or candidate == created:
+            break
+
+
+def _remove_if_empty(folder: Path) -> bool:
+    try:
+        folder.rmdir()
+    except OSError:
+        return False
+    return True
+
+
 def unique_out_dir(base, *, resume_interrupted: bool = True, identity: Optional[dict] = None) -> Path:
     """``base``, or ``base-2``, ``base-3``... : the first that does not exist. With
     ``resume_interrupted``, a folder holding an interrupted scan (a checkpoint, no report.json)

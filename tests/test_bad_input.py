@@ -155,6 +155,27 @@ def test_bad_input_exit_2_one_line_files_untouched(cases, tiny_clean_victim, nam
     _check_one_line_error(capsys, rc, pattern)
     assert _tree_digest(model, data) == before
     assert not (tmp_path / "out" / "report.json").exists()
+    if "--out" not in extra:  # a scan that could not start leaves no empty report folder behind
+        assert not (tmp_path / "out").exists(), sorted(p.name for p in (tmp_path / "out").rglob("*"))
+
+
+def test_failed_start_leaves_no_report_folder(tiny_clean_victim, capsys, tmp_path, monkeypatch):
+    """The default ``scan-<model>-<method>`` folder, a nested ``--out`` and an existing folder,
+    after a model that cannot be loaded: nothing is created, nothing the user had is removed."""
+    monkeypatch.chdir(tmp_path)
+    data = tiny_clean_victim.data_path
+    assert main(["scan", "nope.h5", "--data", data, *NC_FAST, "--quiet"]) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+    assert main(["scan", "nope.h5", "--data", data, *NC_FAST, "--out", "a/b/c", "--quiet"]) == 2
+    assert not (tmp_path / "a").exists()
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep")
+    assert main(["scan", "nope.h5", "--data", data, *NC_FAST, "--out", "mine", "--quiet"]) == 2
+    assert sorted(p.name for p in (tmp_path / "mine").iterdir()) == ["notes.txt"]
+    (tmp_path / "empty").mkdir()
+    assert main(["scan", "nope.h5", "--data", data, *NC_FAST, "--out", "empty", "--quiet"]) == 2
+    assert (tmp_path / "empty").is_dir() and not any((tmp_path / "empty").iterdir())
+    capsys.readouterr()
 
 
 @pytest.mark.parametrize("name, pattern", [("flat.keras", "input has shape"), ("regression.keras", "single unit"),

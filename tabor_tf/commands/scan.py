@@ -120,7 +120,7 @@ def run(args) -> int:
 def _run(args, started_at: float) -> int:
     from ..cli import exit_for_verdict
     from ..errors import TaborError
-    from ..output_folder import claim, default_out_dir
+    from ..output_folder import claim, default_out_dir, first_missing_ancestor, release_unused
     from ..preprocess import resolve_mode
     from ..report import dumps, method_key
     from ..scanning import (DEFAULT_MAX_SAMPLES, check_labels, make_config, parse_labels, parse_overrides, prepare,
@@ -158,11 +158,17 @@ def _run(args, started_at: float) -> int:
                              overrides=overrides, model_version=args.model_version, seeds=args.seeds,
                              label_order=args.label_order, prescreen=args.prescreen)
     out_dir = args.out or default_out_dir(args.model, method, identity=identity)
+    created = first_missing_ancestor(out_dir)
     state = claim(out_dir, identity, overwrite=args.overwrite)
     info = sys.stderr
-    prepared = prepare(args.model, args.data, preprocess=args.preprocess, max_samples=max_samples,
-                       allow_unsafe=args.allow_unsafe_deserialization, model_version=args.model_version,
-                       labels=labels, allow_low_accuracy=args.allow_low_accuracy, label_order=args.label_order)
+    try:
+        prepared = prepare(args.model, args.data, preprocess=args.preprocess, max_samples=max_samples,
+                           allow_unsafe=args.allow_unsafe_deserialization, model_version=args.model_version,
+                           labels=labels, allow_low_accuracy=args.allow_low_accuracy, label_order=args.label_order)
+    except BaseException:
+        if state == "new":  # a model or data that cannot be used leaves no empty report folder behind
+            release_unused(out_dir, created)
+        raise
     describe_inputs(prepared, args.quiet, info)
     if state != "new":
         say(f"output       {out_dir}: {'resuming the interrupted scan' if state == 'resume' else 'old scan files removed (--overwrite)'}",
