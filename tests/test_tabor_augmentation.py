@@ -87,6 +87,24 @@ def test_convergence_needs_stable_terms_success_and_min_rounds():
     assert bool(aug.terms_stable([[1.0, 0.0, 0, 0, 0.003, 0.0001]], [[1.0, 0.0, 0, 0, 0.001, 0.008]],
                                  0.05, 0.01).numpy()[0])
     assert not bool(aug.terms_stable([[1.0, 0, 0, 0, 0, 0]], [[np.nan] * 6], 0.05, 0.01).numpy()[0])
+    # a term outside the objective (lambda 0: R4 switched off) cannot hold a label in the batch
+    wandering = [[1.0, 0.0, 0, 0, 0.003, 7.0]], [[1.0, 0.0, 0, 0, 0.001, 3.0]]
+    assert not bool(aug.terms_stable(*wandering, 0.05, 0.01).numpy()[0])
+    assert bool(aug.terms_stable(*wandering, 0.05, 0.01, used=[True] * 5 + [False]).numpy()[0])
+    assert not bool(aug.terms_stable(*wandering, 0.05, 0.01, used=[False] + [True] * 5).numpy()[0])
+
+
+def test_a_switched_off_term_does_not_delay_convergence():
+    """R4 with lambda 0 wanders every round: the label still converges on the terms it optimises."""
+    on = settings(min_rounds=2, patience=2)
+    off = on._replace(start_lambdas=np.array([*on.start_lambdas[:5], 0.0]))
+    for s, converges in ((on, False), (off, True)):
+        st = aug.initial_state(1, s)
+        for k in range(5):
+            terms = np.array([[10.0, 5.0, 2.0, 1.0, 0.5, 3.0 + 4.0 * (k % 2)]])
+            st, _ = aug.update(st, terms, np.array([1.0]), s)
+        assert (not bool(st.active.numpy()[0])) is converges, s.start_lambdas
+        assert int(st.stop_code.numpy()[0]) == (aug.CONVERGED if converges else aug.RUNNING)
 
 
 def test_max_rounds_stops_every_label_and_freezes_its_state():

@@ -10,8 +10,8 @@ success on the round's batches. Then, per label:
   at the starting lambdas (``sum_i start_i * term_i``, a fixed yardstick while the live lambdas
   move) is the smallest so far; until some round reaches ``phi``, the round with the highest
   success is kept instead, so a label always has a trigger to score;
-* the label *converges* (leaves the batch) when every term has been stable for ``patience``
-  rounds in a row, ``|R(k) - R(k-1)| <= epsilon * max(|R(k)|, |R(k-1)|) + floor``, its success
+* the label *converges* (leaves the batch) when every term of the objective (a term whose
+  starting lambda is 0 is not one) has been stable for ``patience`` rounds in a row, ``|R(k) - R(k-1)| <= epsilon * max(|R(k)|, |R(k-1)|) + floor``, its success
   is ``>= phi`` and at least ``min_rounds`` rounds ran; it stops at ``max_rounds`` otherwise.
 
 All arrays are TF tensors (numpy inputs work), ``K`` labels: the engine keeps them on the
@@ -87,13 +87,19 @@ def initial_state(num_labels: int, settings: AugmentSettings) -> AugmentState:
     )
 
 
-def terms_stable(terms, prev_terms, epsilon: float, floor: float):
-    """``[K,6]``, ``[K,6]`` -> ``[K]`` bool: every term changed by at most ``eps * max(|a|,|b|) + floor``."""
+def terms_stable(terms, prev_terms, epsilon: float, floor: float, used=None):
+    """``[K,6]``, ``[K,6]`` -> ``[K]`` bool: every term changed by at most ``eps * max(|a|,|b|) + floor``.
+
+    ``used [6]`` bool (default all): the terms that take part in the objective; the others (a
+    lambda of 0, e.g. R4 switched off) are reported but cannot hold a label in the batch.
+    """
     terms = tf.convert_to_tensor(terms, tf.float32)
     prev = tf.convert_to_tensor(prev_terms, tf.float32)
     change = tf.abs(terms - prev)
     bound = epsilon * tf.maximum(tf.abs(terms), tf.abs(prev)) + floor
     ok = tf.logical_and(tf.math.is_finite(prev), change <= bound)
+    if used is not None:
+        ok = tf.logical_or(ok, tf.logical_not(tf.constant(np.asarray(used, bool))[None]))
     return tf.reduce_all(ok, axis=1)
 
 
@@ -127,7 +133,8 @@ def update(state: AugmentState, terms, success, settings: AugmentSettings):
                                start * settings.lambda_max_factor)
 
     rounds = state.rounds + tf.cast(active, tf.int32)
-    stable = terms_stable(terms, state.prev_terms, settings.epsilon, settings.floor)
+    stable = terms_stable(terms, state.prev_terms, settings.epsilon, settings.floor,
+                          used=np.asarray(settings.start_lambdas) > 0)
     stable_rounds = tf.where(stable, state.stable_rounds + 1, 0)
     settled = tf.logical_and(active, stable_rounds >= settings.patience)
     converged = tf.logical_and(settled, tf.logical_and(ok, rounds >= settings.min_rounds))
