@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tabor_tf.errors import TaborError
 from tabor_tf.tabor import objective as obj
+from tabor_tf.tabor import preset
 
 
 def t(v):
@@ -63,6 +65,23 @@ def test_cross_entropy_terms_by_hand():
     np.testing.assert_allclose(alone, [math.log(3.0), -math.log(math.exp(3) / (2 + math.exp(3)))], rtol=1e-5)
     hits = obj.attack_hits(logits, np.array([2], np.int32)).numpy()
     assert hits[0] == pytest.approx(0.5)
+
+
+def test_hinged_overlay_stops_pushing_once_the_trigger_alone_reaches_the_target():
+    """R4 with a hinge of 0.5: a trigger alone at p(y_t) = 1/3 still pays CE - log 2; at
+    p(y_t) = 0.91 it pays nothing and gets no gradient (nothing left to draw)."""
+    logits = tf.Variable([[1.0, 1.0, 1.0], [0.0, 3.0, 0.0]])
+    targets = np.array([2, 1], np.int32)
+    with tf.GradientTape() as tape:
+        hinged = obj.overlay_loss(logits, targets, 0.5)
+        total = tf.reduce_sum(hinged)
+    grad = tape.gradient(total, logits).numpy()
+    np.testing.assert_allclose(hinged.numpy(), [math.log(3.0) - math.log(2.0), 0.0], atol=1e-6)
+    assert np.abs(grad[0]).sum() > 0.1 and np.abs(grad[1]).sum() == 0.0
+    np.testing.assert_allclose(obj.overlay_loss(logits, targets, 0.0).numpy(),
+                               obj.overlay_loss(logits, targets).numpy())
+    with pytest.raises(TaborError, match="overlay_hinge"):
+        preset("gtsrb", overlay_hinge=1.0)
 
 
 def test_total_loss_weights_terms_and_labels_stay_independent():

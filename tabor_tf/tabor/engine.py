@@ -309,7 +309,7 @@ class TriggerEngine:
             blocking = obj.blocking_loss(tf.reshape(logits[n * b: n * (b + b3)], [n, b3, k_cls]), y) * w_block
         else:
             blocking = tf.zeros([n])
-        overlay = obj.overlay_loss(l_alone, targets) * w_rest
+        overlay = obj.overlay_loss(l_alone, targets, float(cfg.overlay_hinge)) * w_rest
         terms = tf.concat([shape_terms, blocking[:, None], overlay[:, None]], axis=1)
         return obj.total_loss(ce, terms, lambdas), terms, ce, obj.attack_hits(l_att, targets) * w_att
 

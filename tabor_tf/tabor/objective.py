@@ -8,7 +8,7 @@ label) so that summing over labels gives each label's variables a gradient of it
     R1  = l1 elastic(M) + l2 elastic(Delta')                ``elastic_net`` (or ``l1_norm``)
     R2  = l3 smooth(M)  + l4 smooth(Delta')                 ``smoothness``
     R3  = l5 CE(f(x (1-M)), y_true)                         ``blocking_loss``
-    R4  = l6 CE(f(M Delta), y_t)                            ``overlay_loss``
+    R4  = l6 CE(f(M Delta), y_t)                            ``overlay_loss`` (optionally hinged)
     Delta' = (1 - M) Delta                                  ``pattern_outside``
 
 Delta's scale inside R1/R2 is a setting (``pattern_scale``): ``"unit"`` uses Delta / 255 (the
@@ -17,6 +17,7 @@ default, chosen by measurement, see docs/TABOR_CHOICES.md), ``"raw"`` the 0..255
 
 from __future__ import annotations
 
+import numpy as np
 import tensorflow as tf
 
 PATTERN_SCALES = {"unit": 1.0 / 255.0, "raw": 1.0}
@@ -69,9 +70,17 @@ def blocking_loss(logits, y_true):
     return tf.reduce_mean(sparse_ce(logits, y), axis=1)
 
 
-def overlay_loss(logits, targets):
-    """R4 before its lambda: ``CE(f(M Delta), y_t)``; ``logits [n,K]`` (one image per label) -> ``[n]``."""
-    return sparse_ce(logits, targets)
+def overlay_loss(logits, targets, hinge: float = 0.0):
+    """R4 before its lambda: ``CE(f(M Delta), y_t)``; ``logits [n,K]`` (one image per label) -> ``[n]``.
+
+    ``hinge`` in (0, 1): ``max(0, CE + log(hinge))``, zero once the trigger alone gives ``y_t`` a
+    probability of at least ``hinge``, so the augmented lambda cannot keep growing the trigger
+    towards a drawing of the class on a black canvas (docs/TABOR_CHOICES.md, "R4").
+    """
+    ce = sparse_ce(logits, targets)
+    if hinge > 0:
+        ce = tf.nn.relu(ce + float(np.log(hinge)))
+    return ce
 
 
 def shape_terms(mask, pattern, *, pattern_regularizer: str = "elastic", pattern_scale: str = "unit"):

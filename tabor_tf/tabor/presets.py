@@ -32,6 +32,8 @@ class TaborConfig:
     l4: float = 1e-8  # smooth(Delta')
     l5: float = 1e-4  # CE(f(x * (1 - M)), y_true)   blocking triggers (Table 3: 1e-6; see TABOR_CHOICES)
     l6: float = 1e-2  # CE(f(M * Delta), y_t)        overlaying triggers
+    overlay_hinge: float = 0.0  # > 0: R4 counts only while the trigger alone gives y_t a probability
+    # below this, max(0, CE + log(hinge)); 0: the paper's plain CE (objective.overlay_loss)
     pattern_regularizer: str = "elastic"  # "elastic" (GTSRB) or "l1" (ImageNet / LFW)
     pattern_scale: str = "unit"  # Delta inside R1/R2: "unit" (raw / 255) or "raw" (0..255)
     # optimisation
@@ -92,6 +94,8 @@ class TaborConfig:
         for name in ("l1", "l2", "l3", "l4", "l5", "l6", "stability_floor"):
             if not getattr(self, name) >= 0:
                 raise TaborError(f"TABOR setting {name} must be >= 0, got {getattr(self, name)}")
+        if not 0 <= self.overlay_hinge < 1:
+            raise TaborError(f"TABOR setting overlay_hinge must be in [0, 1), got {self.overlay_hinge}")
         for name in ("steps", "batch_size", "round_steps", "mask_upsample", "eval_images",
                      "max_images_per_step", "label_bucket", "stability_patience"):
             if int(getattr(self, name)) < 1:
