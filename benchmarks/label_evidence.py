@@ -13,6 +13,11 @@ tabor --out DIR`` (or ``tabor-tf scan``), re-load the saved per-label triggers
   when A is recomputed with other forms of the explanation test: top fraction q = 0.05 (the
   default), 0.10, 0.20, q tied to the footprint (|F| / HW and 2 |F| / HW, at least 0.05), the
   black reference ("the important features alone", section 4.2.3), and no explanation part.
+* ``--complete``: trigger completion (``tabor_tf.completion``, the default settings) run again
+  on the flagged labels, with and without pruning, and the F1 of each trigger against the true
+  mask (verdicts never depend on it, so a finished scan's triggers suffice).
+* ``--alone``: each true trigger of the card stamped alone on a black image (R4's input): the
+  model's probability of its target there (docs/TABOR_CHOICES.md, "R4 on black canvases").
 * ``--peel N``: every label's trigger peeled N rounds (``tabor_tf.completion``, no acceptance
   limit): does a real (large) trigger leave another cheap trigger behind when its pixels are
   forbidden, where a natural feature does not?
@@ -163,6 +168,51 @@ def peel(scan: Scan, rounds: int) -> dict:
     return out
 
 
+def trigger_alone(scan: Scan, card: Path) -> dict:
+    import tensorflow as tf
+
+    from tabor_tf.preprocess import preprocess
+    from tabor_tf.zoo import load_card
+
+    truth = load_card(card)
+    out = {}
+    for bd, mask, pattern in zip(truth.data["backdoors"], truth.masks, truth.patterns):
+        alone = (mask.reshape(*mask.shape[:2], 1) * pattern)[None].astype(np.float32)  # raw pixels on black
+        probs = tf.nn.softmax(scan.victim.logits(preprocess(tf.constant(alone), scan.mode))).numpy()[0]
+        target = int(bd["target"])
+        out[str(target)] = {"p_target": round(float(probs[target]), 3), "argmax": int(np.argmax(probs))}
+        print(f"  true trigger of {target} alone on black: p(target) {probs[target]:.3f},"
+              f" argmax {int(np.argmax(probs))}", flush=True)
+    return out
+
+
+def complete_again(scan: Scan, card: Path) -> dict:
+    from tabor_tf.fidelity import trigger_fidelity
+    from tabor_tf.zoo import load_card
+    from tabor_tf.zoo.card import true_mask
+
+    truth = load_card(card)
+    natural = float(np.median([r["l1"] for r in scan.rows]))
+    out = {}
+    for lab in scan.report["flagged_labels"]:
+        i = scan.labels.index(lab)
+        gt = true_mask(truth, lab) if lab in scan.targets else None
+        row = {"minimal_l1": round(float(scan.masks[i].sum()), 1)}
+        if gt is not None:
+            row["minimal_f1"] = round(trigger_fidelity(scan.masks[i], gt)["f1"], 3)
+        for name, settings in (("no prune", CompletionSettings(prune_ratio=0.0)), ("prune", CompletionSettings())):
+            c = complete_trigger(scan.victim, scan.x, scan.mode, lab, scan.masks[i], scan.patterns[i],
+                                 settings=settings, seed=scan.seed, y=scan.y, natural_l1=natural)
+            summary = c.summary()
+            row[name] = {"l1": round(summary["l1"], 1), "accepted_rounds": summary["accepted_rounds"],
+                         "prune": summary.get("prune")}
+            if gt is not None:
+                row[name]["f1"] = round(trigger_fidelity(c.mask, gt)["f1"], 3)
+        out[str(lab)] = row
+        print(f"  {'T' if gt is not None else ' '} {lab:3d} {json.dumps(row)}", flush=True)
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("folder", type=Path, help="output folder of a compare/scan run (holds tabor/report.json)")
@@ -172,6 +222,8 @@ def main(argv=None) -> int:
     ap.add_argument("--evidence", action="store_true")
     ap.add_argument("--explanation", action="store_true")
     ap.add_argument("--peel", type=int, default=0, metavar="N")
+    ap.add_argument("--complete", action="store_true")
+    ap.add_argument("--alone", action="store_true")
     args = ap.parse_args(argv)
     started = time.perf_counter()
     scan = Scan(args.folder, args.model, args.data, args.card)
@@ -185,6 +237,10 @@ def main(argv=None) -> int:
         out["explanation"] = explanation_variants(scan)
     if args.peel:
         out["peel"] = peel(scan, args.peel)
+    if args.alone:
+        out["alone"] = trigger_alone(scan, args.card)
+    if args.complete:
+        out["complete"] = complete_again(scan, args.card)
     out["seconds"] = round(time.perf_counter() - started, 1)
     (args.folder / "label_evidence.json").write_text(json.dumps(out, indent=1))
     return 0

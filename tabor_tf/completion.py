@@ -4,7 +4,11 @@ Both detectors minimise the mask, so what they restore is the smallest part of t
 that still flips the model: a few pixels of a 6x6 square are enough, and the restored mask covers
 20-30% of the true one (F1 ~0.3 on the evaluation zoo). Completion *peels*: it forbids the pixels
 found so far and searches the same label again; while the real trigger has unused pixels left,
-the next search finds another small subset of them. It stops when the cheapest trigger left is
+the next search finds another small subset of them. Before peeling, the restored trigger is
+*pruned*: the smallest trigger inside its own support, searched with the mask's L1 as the only
+term, replaces it when it works at half the cost or less (TABOR's R4 asks the trigger alone, on
+a black image, to be classified as the target; on MNIST-like inputs, black canvases, that grows
+every restored trigger into a drawing of the class around the real trigger). It stops when the cheapest trigger left is
 no longer small (the model's natural features of the label, not the backdoor) or no longer
 works. The completed trigger is the union of the accepted rounds. The verdict never depends on
 it: it runs after the decision, only for flagged labels (docs/TABOR_CHOICES.md, "Trigger
@@ -38,7 +42,11 @@ class CompletionSettings:
     mask values at least this fraction of the mask's maximum are the pixels a round forbids next;
     ``search_threshold``: batch attack success that counts as working during the search (above
     ``attack_threshold``, so the kept mask is not on the edge); ``init_cost``: the L1 weight's
-    first value (raised / lowered by the search's attack success, as in NC)."""
+    first value (raised / lowered by the search's attack success, as in NC); ``prune_ratio``: before
+    peeling, the smallest trigger *inside* the restored one's support is searched (no other
+    term than the mask's L1: what R4 or the augmentation added to it without need falls away);
+    it replaces the restored trigger when it works and its mask L1 is at most this fraction of
+    the restored one's (0: no pruning)."""
 
     rounds: int = 6
     steps: int = 150
@@ -51,6 +59,7 @@ class CompletionSettings:
     support_level: float = 0.3
     init_cost: float = 1e-3
     eval_images: int = 200
+    prune_ratio: float = 0.5
 
     def __post_init__(self):
         if int(self.rounds) < 0 or int(self.steps) < 1 or int(self.batch_size) < 1:
@@ -59,6 +68,8 @@ class CompletionSettings:
             raise TaborError("completion: attack_threshold and support_level must lie in (0, 1]")
         if not float(self.max_growth) > 0 or not float(self.lr) > 0 or not float(self.natural_fraction) > 0:
             raise TaborError("completion: max_growth, natural_fraction and lr must be positive")
+        if not 0 <= float(self.prune_ratio) <= 1:
+            raise TaborError(f"completion: prune_ratio must lie in [0, 1], got {self.prune_ratio}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -73,11 +84,15 @@ class Completion:
     pattern: np.ndarray  # [H, W, C] raw 0..255: each pixel from the round whose mask is largest there
     rounds: list = field(default_factory=list)  # per round: {"l1", "attack_success", "accepted", "steps"}
     stop: str = ""  # why peeling ended
+    prune: Optional[dict] = None  # {"l1_before", "l1", "attack_success", "accepted", "steps"}; None: not tried
 
     def summary(self) -> dict:
-        return {"label": int(self.label), "l1": float(np.sum(self.mask, dtype=np.float64)),
-                "rounds": self.rounds, "accepted_rounds": sum(1 for r in self.rounds if r["accepted"]),
-                "stop": self.stop}
+        out = {"label": int(self.label), "l1": float(np.sum(self.mask, dtype=np.float64)),
+               "rounds": self.rounds, "accepted_rounds": sum(1 for r in self.rounds if r["accepted"]),
+               "stop": self.stop}
+        if self.prune is not None:
+            out["prune"] = self.prune
+        return out
 
 
 def support(mask, level: float) -> np.ndarray:
@@ -94,6 +109,7 @@ class _Peeler:
         import tensorflow as tf
 
         from .preprocess import preprocess as preprocess_fn
+        from .tabor.engine import adam_update
         from .trigger_vars import mask_from_tanh, pattern_from_tanh
 
         h, w, c = x_raw.shape[1:]
@@ -104,7 +120,10 @@ class _Peeler:
         self.allowed = tf.Variable(tf.ones([h, w, 1]))
         self.cost = tf.Variable(0.0)
         self.target = tf.Variable(0, dtype=tf.int32)
-        self.opt = None
+        # Adam's state, reset by every search (a Keras optimizer made per search would not reach the
+        # compiled step, which keeps the first one's moments: each search must start afresh)
+        self.adam = [tf.Variable(tf.zeros_like(v)) for v in (self.m_t, self.m_t, self.p_t, self.p_t)]
+        self.adam_t = tf.Variable([0.0])
         self._mask = lambda: mask_from_tanh(self.m_t) * self.allowed
         self._pattern = lambda: pattern_from_tanh(self.p_t)
 
@@ -117,8 +136,16 @@ class _Peeler:
                 ce = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits))
                 l1 = tf.reduce_sum(mask)
                 loss = ce + self.cost * l1
-            grads = tape.gradient(loss, [self.m_t, self.p_t])
-            self.opt.apply_gradients(zip(grads, [self.m_t, self.p_t]))
+            g_m, g_p = tape.gradient(loss, [self.m_t, self.p_t])
+            t = self.adam_t
+            for var, grad, m, v in ((self.m_t, g_m, self.adam[0], self.adam[1]),
+                                    (self.p_t, g_p, self.adam[2], self.adam[3])):
+                new_var, new_m, new_v, _ = adam_update(var[None], grad[None], m[None], v[None], t,
+                                                       lr=float(settings.lr), beta_1=0.5, beta_2=0.9)
+                var.assign(new_var[0])
+                m.assign(new_m[0])
+                v.assign(new_v[0])
+            t.assign_add([1.0])
             hits = tf.reduce_mean(tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), labels), tf.float32))
             return hits, l1
 
@@ -139,10 +166,11 @@ class _Peeler:
             hits += int(np.sum(self._predict(tf.constant(stamped, tf.float32)).numpy() == int(label)))
         return hits / max(len(x_eval), 1)
 
-    def search(self, label: int, forbidden: np.ndarray, pattern0: np.ndarray, rng: np.random.Generator):
+    def search(self, label: int, forbidden: np.ndarray, pattern0: np.ndarray, rng: np.random.Generator,
+               mask0: Optional[np.ndarray] = None):
         """``(mask [H,W], pattern [H,W,C], steps)``: the smallest mask seen that sent a whole window of
-        batches to ``label`` (the last mask when none did)."""
-        import keras
+        batches to ``label`` (the last mask when none did). ``mask0 [H,W]``: the starting mask
+        (default uniform in [0, 0.1])."""
         import tensorflow as tf
 
         from .trigger_vars import mask_to_tanh, pattern_to_tanh
@@ -151,10 +179,13 @@ class _Peeler:
         h, w = forbidden.shape
         self.target.assign(int(label))
         self.allowed.assign((1.0 - forbidden.astype(np.float32))[..., None])
-        self.m_t.assign(mask_to_tanh(rng.uniform(0.0, 0.1, size=(h, w, 1))))
+        start = rng.uniform(0.0, 0.1, size=(h, w, 1)) if mask0 is None else np.asarray(mask0).reshape(h, w, 1)
+        self.m_t.assign(np.clip(mask_to_tanh(np.clip(start, 0.0, 1.0)), -4, 4))
         self.p_t.assign(np.clip(pattern_to_tanh(np.clip(pattern0, 1.0, 254.0)), -4, 4))
         self.cost.assign(0.0)
-        self.opt = keras.optimizers.Adam(learning_rate=float(s.lr), beta_1=0.5, beta_2=0.9)
+        for slot in self.adam:
+            slot.assign(tf.zeros_like(slot))
+        self.adam_t.assign([0.0])
         n, bs = int(self.x.shape[0]), min(int(s.batch_size), int(self.x.shape[0]))
         best, best_l1, window = None, np.inf, []
         for step in range(int(s.steps)):
@@ -199,6 +230,10 @@ def complete_trigger(victim, x_raw: np.ndarray, mode: str, label: int, mask, pat
     mask0 = np.asarray(mask, np.float32).reshape(x_raw.shape[1:3])
     pattern0 = np.asarray(pattern, np.float32).reshape(x_raw.shape[1:])
     peeler = peeler or _Peeler(victim, x_fit, mode, s)
+    pruned = None
+    if float(s.prune_ratio) > 0:
+        prune_rng = np.random.default_rng([int(seed), int(label), 0x9A0E])  # peeling's draws stay as they were
+        mask0, pattern0, pruned = _prune(peeler, x_eval, label, mask0, pattern0, prune_rng, s)
     l1_first = float(np.sum(mask0, dtype=np.float64))
     limit = s.max_growth * l1_first if natural_l1 is None else s.natural_fraction * float(natural_l1)
     best_mask, best_pattern = mask0.copy(), pattern0.copy()
@@ -224,7 +259,27 @@ def complete_trigger(victim, x_raw: np.ndarray, mode: str, label: int, mask, pat
         best_pattern[take] = p[take]
         best_mask = np.maximum(best_mask, m)
         forbidden |= support(m, s.support_level)
-    return Completion(label=int(label), mask=best_mask, pattern=best_pattern, rounds=rounds, stop=stop)
+    return Completion(label=int(label), mask=best_mask, pattern=best_pattern, rounds=rounds, stop=stop,
+                      prune=pruned)
+
+
+def _prune(peeler: _Peeler, x_eval: np.ndarray, label: int, mask0: np.ndarray, pattern0: np.ndarray,
+           rng: np.random.Generator, s: CompletionSettings) -> tuple:
+    """The smallest working trigger inside ``mask0``'s support, started from ``mask0`` itself ->
+    ``(mask [H,W], pattern [H,W,C], record)``: the pruned trigger when it works on ``x_eval`` and
+    costs at most ``s.prune_ratio`` of ``mask0``'s L1, else ``mask0`` / ``pattern0`` unchanged."""
+    l1_before = float(np.sum(mask0, dtype=np.float64))
+    inside = support(mask0, s.support_level)
+    if not inside.any():
+        return mask0, pattern0, None
+    m, p, steps = peeler.search(label, ~inside, pattern0, rng, mask0=mask0)
+    l1 = float(np.sum(m, dtype=np.float64))
+    success = peeler.attack_success(x_eval, label, m, p)
+    accepted = bool(success >= s.attack_threshold and l1 <= float(s.prune_ratio) * l1_before)
+    record = {"l1_before": l1_before, "l1": l1, "attack_success": success, "accepted": accepted, "steps": steps}
+    if not accepted:
+        return mask0, pattern0, record
+    return m.astype(np.float32), p.astype(np.float32), record
 
 
 def complete_flagged(result, victim, x_raw: np.ndarray, y, mode: str, *, settings: Optional[CompletionSettings] = None,

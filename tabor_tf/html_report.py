@@ -336,7 +336,10 @@ def render_report_html(report: dict, base_dir) -> str:
                     f"<figcaption>completed {k}</figcaption></figure>"
                     for k in ("mask", "fusion")
                 )
-                figs += (f'<div class="note">completed trigger: L1 {fmt(completion.get("l1"), 1)} after '
+                prune = completion.get("prune") or {}
+                pruned = (f'pruned to L1 {fmt(prune.get("l1"), 1)} (the smallest working part of the restored '
+                          "trigger), then " if prune.get("accepted") else "")
+                figs += (f'<div class="note">completed trigger: {pruned}L1 {fmt(completion.get("l1"), 1)} after '
                          f'{completion.get("accepted_rounds")} peel round(s); stopped: {esc(str(completion.get("stop")))}'
                          "</div>")
             parts.append(

@@ -238,7 +238,9 @@ def _completion_lines(report: dict) -> list:
     for e in report.get("labels") or ():
         c = (e.get("parts") or {}).get("completion")
         if c and e.get("flagged"):
-            lines.append(f"whole trigger    label {e['label']}: mask L1 {float(e.get('l1', 0.0)):.1f} -> "
+            prune = c.get("prune") or {}
+            pruned = f"pruned to {float(prune['l1']):.1f}, " if prune.get("accepted") else ""
+            lines.append(f"whole trigger    label {e['label']}: mask L1 {float(e.get('l1', 0.0)):.1f} -> {pruned}"
                          f"{float(c.get('l1', 0.0)):.1f} after {c.get('accepted_rounds', 0)} peel round(s)"
                          f" (label_{int(e['label']):03d}_completed_*)")
     return lines

@@ -69,3 +69,41 @@ def test_completion_needs_images_of_other_labels(tiny_clean_victim):
     model, x, y = _tiny(tiny_clean_victim, n=20)
     with pytest.raises(TaborError, match="at least 4 clean images"):
         complete_trigger(model, x[y == 2][:3], "unit", 5, np.zeros(x.shape[1:3]), np.zeros(x.shape[1:]))
+
+
+def test_a_trigger_scattered_around_the_square_is_pruned_to_the_square(tiny_infected_victim):
+    """R4 on a black canvas grows the restored trigger into strokes around the real one: pruning
+    (the smallest working trigger inside the restored one) keeps the square and drops the rest."""
+    model, x, y = _tiny(tiny_infected_victim)
+    truth = np.load(tiny_infected_victim.model_path.replace("model.h5", "backdoor0_mask.npy")).squeeze()
+    rng = np.random.default_rng(5)
+    scattered = truth.copy()
+    far = np.argwhere(np.pad(np.ones((20, 20)), ((0, 12), (0, 12))) > 0)  # top-left 20x20, away from the square
+    for r, c in far[rng.choice(len(far), size=64, replace=False)]:
+        scattered[r, c] = 1.0
+    pattern = np.full(x.shape[1:], 255.0, np.float32)
+    natural = _natural_l1(model, x, y, [0, 1, 2])
+    out = complete_trigger(model, x, "unit", 7, scattered, pattern, y=y, natural_l1=natural)
+    before, after = trigger_fidelity(scattered, truth), trigger_fidelity(out.mask, truth)
+    assert out.prune is not None and out.prune["accepted"], out.summary()
+    assert out.prune["l1"] <= 0.5 * out.prune["l1_before"] and out.prune["attack_success"] >= 0.8
+    assert before["precision"] < 0.25 and after["precision"] >= 0.5 and after["recall"] >= 0.8, (before, after)
+    assert after["f1"] >= before["f1"] + 0.2
+    assert "prune" in out.summary()
+    unpruned = complete_trigger(model, x, "unit", 7, scattered, pattern, y=y, natural_l1=natural,
+                                settings=CompletionSettings(prune_ratio=0.0))
+    assert unpruned.prune is None and np.all(unpruned.mask >= scattered - 1e-6)  # the scatter stays
+    with pytest.raises(TaborError, match="prune_ratio"):
+        CompletionSettings(prune_ratio=1.5)
+
+
+def test_every_search_starts_afresh(tiny_infected_victim):
+    """A peeler's searches are independent: the same search twice gives the same trigger (the
+    optimiser's moments of one round used to leak into the next)."""
+    model, x, _ = _tiny(tiny_infected_victim, n=100)
+    peeler = _Peeler(model, x, "unit", CompletionSettings(steps=20))
+    free, start = np.zeros(x.shape[1:3], bool), np.full(x.shape[1:], 128.0, np.float32)
+    first = peeler.search(7, free, start, np.random.default_rng(0))[0]
+    peeler.search(3, free, start, np.random.default_rng(9))  # another label in between
+    again = peeler.search(7, free, start, np.random.default_rng(0))[0]
+    np.testing.assert_allclose(again, first, atol=1e-5)

@@ -130,3 +130,20 @@ def test_compare_page_shows_truth_and_each_method():
     assert "target-3" in page.ids and len(page.imgs) == 3
     assert "●" in text and "○" in text and "NOT the faithful" in text
     assert "tabor/report.html" in page.urls and "nc/report.html" in page.urls
+
+
+def test_report_html_says_when_a_flagged_trigger_was_pruned(tmp_path):
+    result = scan_result([10.0, 10.4, 1.0, 9.6, 10.1, 9.5, 9.9, 10.2])
+    flagged = result.by_label(2)
+    flagged.completed_mask = np.zeros((6, 6), np.float32)
+    flagged.completed_mask[4:, 4:] = 1.0
+    flagged.completed_pattern = np.full((6, 6, 3), 255.0, np.float32)
+    flagged.parts["completion"] = {"l1": 4.0, "rounds": [], "accepted_rounds": 0, "stop": "natural features",
+                                   "prune": {"l1_before": 18.0, "l1": 4.0, "attack_success": 0.99, "accepted": True,
+                                             "steps": 150}}
+    write_report(result, tmp_path, CTX)
+    text = (tmp_path / "report.html").read_text(encoding="utf-8")
+    assert "pruned to L1 4.0" in text and "completed trigger" in text
+    flagged.parts["completion"]["prune"]["accepted"] = False
+    write_report(result, tmp_path / "again", CTX)
+    assert "pruned to" not in (tmp_path / "again" / "report.html").read_text(encoding="utf-8")

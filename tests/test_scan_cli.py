@@ -273,3 +273,8 @@ def test_summary_names_the_completed_trigger():
                          {"label": 3, "flagged": False, "l1": 60.0, "parts": {}}]}
     lines = [ln for ln in summary_lines(report) if ln.startswith("whole trigger")]
     assert lines == ["whole trigger    label 7: mask L1 4.0 -> 15.5 after 2 peel round(s) (label_007_completed_*)"]
+    report["labels"][0]["l1"] = 98.9
+    report["labels"][0]["parts"]["completion"].update(l1=7.3, accepted_rounds=0, prune={"l1": 7.3, "accepted": True})
+    lines = [ln for ln in summary_lines(report) if ln.startswith("whole trigger")]
+    assert lines == ["whole trigger    label 7: mask L1 98.9 -> pruned to 7.3, 7.3 after 0 peel round(s)"
+                     " (label_007_completed_*)"]
