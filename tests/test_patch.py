@@ -88,7 +88,12 @@ def test_triggers_from_report_and_patch_errors(two_target_scan, tiny_two_target_
     whole, _, _ = triggers_from_report(report_dir, [2], trigger="completed")[0][0]
     entry = next(e for e in report["labels"] if e["label"] == 2)
     assert np.array_equal(whole, np.load(report_dir / entry["files"]["completed_mask_npy"]))
-    assert np.all(whole >= mask - 1e-6)  # the union keeps the minimal trigger
+    prune = entry["parts"]["completion"].get("prune") or {}
+    if prune.get("accepted"):  # peeling started from the restored trigger's smallest working part
+        assert prune["l1_before"] == pytest.approx(float(mask.sum()), rel=1e-3)
+        assert prune["l1"] <= 0.5 * prune["l1_before"] + 1e-6 and float(whole.sum()) >= prune["l1"] - 1e-3
+    else:
+        assert np.all(whole >= mask - 1e-6)  # the union keeps the minimal trigger
     with pytest.raises(TaborError, match="trigger must be one of"):
         triggers_from_report(report_dir, [2], trigger="largest")
     # usage / input errors: one line, exit 2, nothing written
