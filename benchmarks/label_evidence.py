@@ -43,6 +43,7 @@ from scipy import ndimage
 from tabor_tf.completion import CompletionSettings, complete_trigger
 from tabor_tf.data import load_clean_data, subsample_indices
 from tabor_tf.loading import load_victim
+from tabor_tf.zoo import load_card
 from tabor_tf.outliers import mad_test
 from tabor_tf.tabor import detector, quality
 from tabor_tf.tabor.explain import TriggerEvaluator
@@ -61,8 +62,8 @@ class Scan:
         base = folder / "tabor"
         self.masks = np.stack([np.load(base / r["files"]["mask_npy"]) for r in labs]).astype(np.float32)
         self.patterns = np.stack([np.load(base / r["files"]["pattern_npy"]) for r in labs]).astype(np.float32)
-        truth = json.loads(card.read_text())
-        self.targets = sorted({b["target"] for b in truth.get("backdoors", []) if b.get("target") is not None})
+        self.card = load_card(card)  # the ground truth: targets, true masks and patterns
+        self.targets = sorted({b["target"] for b in self.card.data.get("backdoors", []) if b.get("target") is not None})
         self.victim = load_victim(model)
         self.mode = self.report["preprocess"]["mode"]
         self.data_path = data
@@ -168,15 +169,13 @@ def peel(scan: Scan, rounds: int) -> dict:
     return out
 
 
-def trigger_alone(scan: Scan, card: Path) -> dict:
+def trigger_alone(scan: Scan) -> dict:
     import tensorflow as tf
 
     from tabor_tf.preprocess import preprocess
-    from tabor_tf.zoo import load_card
 
-    truth = load_card(card)
     out = {}
-    for bd, mask, pattern in zip(truth.data["backdoors"], truth.masks, truth.patterns):
+    for bd, mask, pattern in zip(scan.card.data["backdoors"], scan.card.masks, scan.card.patterns):
         alone = (mask.reshape(*mask.shape[:2], 1) * pattern)[None].astype(np.float32)  # raw pixels on black
         probs = tf.nn.softmax(scan.victim.logits(preprocess(tf.constant(alone), scan.mode))).numpy()[0]
         target = int(bd["target"])
@@ -186,17 +185,15 @@ def trigger_alone(scan: Scan, card: Path) -> dict:
     return out
 
 
-def complete_again(scan: Scan, card: Path) -> dict:
+def complete_again(scan: Scan) -> dict:
     from tabor_tf.fidelity import trigger_fidelity
-    from tabor_tf.zoo import load_card
     from tabor_tf.zoo.card import true_mask
 
-    truth = load_card(card)
     natural = float(np.median([r["l1"] for r in scan.rows]))
     out = {}
     for lab in scan.report["flagged_labels"]:
         i = scan.labels.index(lab)
-        gt = true_mask(truth, lab) if lab in scan.targets else None
+        gt = true_mask(scan.card, lab) if lab in scan.targets else None
         row = {"minimal_l1": round(float(scan.masks[i].sum()), 1)}
         if gt is not None:
             row["minimal_f1"] = round(trigger_fidelity(scan.masks[i], gt)["f1"], 3)
@@ -238,9 +235,9 @@ def main(argv=None) -> int:
     if args.peel:
         out["peel"] = peel(scan, args.peel)
     if args.alone:
-        out["alone"] = trigger_alone(scan, args.card)
+        out["alone"] = trigger_alone(scan)
     if args.complete:
-        out["complete"] = complete_again(scan, args.card)
+        out["complete"] = complete_again(scan)
     out["seconds"] = round(time.perf_counter() - started, 1)
     (args.folder / "label_evidence.json").write_text(json.dumps(out, indent=1))
     return 0

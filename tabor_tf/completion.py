@@ -122,7 +122,7 @@ class _Peeler:
         self.target = tf.Variable(0, dtype=tf.int32)
         # Adam's state, reset by every search (a Keras optimizer made per search would not reach the
         # compiled step, which keeps the first one's moments: each search must start afresh)
-        self.adam = [tf.Variable(tf.zeros_like(v)) for v in (self.m_t, self.m_t, self.p_t, self.p_t)]
+        self.moments = [(tf.Variable(tf.zeros_like(v)), tf.Variable(tf.zeros_like(v))) for v in (self.m_t, self.p_t)]
         self.adam_t = tf.Variable([0.0])
         self._mask = lambda: mask_from_tanh(self.m_t) * self.allowed
         self._pattern = lambda: pattern_from_tanh(self.p_t)
@@ -137,15 +137,13 @@ class _Peeler:
                 l1 = tf.reduce_sum(mask)
                 loss = ce + self.cost * l1
             g_m, g_p = tape.gradient(loss, [self.m_t, self.p_t])
-            t = self.adam_t
-            for var, grad, m, v in ((self.m_t, g_m, self.adam[0], self.adam[1]),
-                                    (self.p_t, g_p, self.adam[2], self.adam[3])):
-                new_var, new_m, new_v, _ = adam_update(var[None], grad[None], m[None], v[None], t,
+            for var, grad, (m, v) in zip((self.m_t, self.p_t), (g_m, g_p), self.moments):
+                new_var, new_m, new_v, _ = adam_update(var[None], grad[None], m[None], v[None], self.adam_t,
                                                        lr=float(settings.lr), beta_1=0.5, beta_2=0.9)
                 var.assign(new_var[0])
                 m.assign(new_m[0])
                 v.assign(new_v[0])
-            t.assign_add([1.0])
+            self.adam_t.assign_add([1.0])
             hits = tf.reduce_mean(tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), labels), tf.float32))
             return hits, l1
 
@@ -170,7 +168,8 @@ class _Peeler:
                mask0: Optional[np.ndarray] = None):
         """``(mask [H,W], pattern [H,W,C], steps)``: the smallest mask seen that sent a whole window of
         batches to ``label`` (the last mask when none did). ``mask0 [H,W]``: the starting mask
-        (default uniform in [0, 0.1])."""
+        (default uniform in [0, 0.1]); mask and pattern start within [-4, 4] in tanh space, where
+        the gradient is not yet vanishing (a near-binary restored mask would otherwise be frozen)."""
         import tensorflow as tf
 
         from .trigger_vars import mask_to_tanh, pattern_to_tanh
@@ -183,7 +182,7 @@ class _Peeler:
         self.m_t.assign(np.clip(mask_to_tanh(np.clip(start, 0.0, 1.0)), -4, 4))
         self.p_t.assign(np.clip(pattern_to_tanh(np.clip(pattern0, 1.0, 254.0)), -4, 4))
         self.cost.assign(0.0)
-        for slot in self.adam:
+        for slot in (v for pair in self.moments for v in pair):
             slot.assign(tf.zeros_like(slot))
         self.adam_t.assign([0.0])
         n, bs = int(self.x.shape[0]), min(int(s.batch_size), int(self.x.shape[0]))

@@ -177,12 +177,9 @@ def release_unused(folder, created: Optional[Path]) -> None:
     if checkpoint.is_dir() and holds_work(checkpoint):
         return
     (checkpoint / IDENTITY_NAME).unlink(missing_ok=True)
-    if created is None:
-        _remove_if_empty(checkpoint)
-        return
-    created = Path(created)
+    last = checkpoint if created is None else Path(created)  # what the claim created, outermost
     for candidate in (checkpoint, folder, *folder.parents):
-        if not _remove_if_empty(candidate) or candidate == created:
+        if not _remove_if_empty(candidate) or candidate == last:
             break
 
 
