@@ -18,6 +18,11 @@ tabor --out DIR`` (or ``tabor-tf scan``), re-load the saved per-label triggers
   mask (verdicts never depend on it, so a finished scan's triggers suffice).
 * ``--alone``: each true trigger of the card stamped alone on a black image (R4's input): the
   model's probability of its target there (docs/TABOR_CHOICES.md, "R4 on black canvases").
+* ``--canvas``: the true triggers alone on other canvases R4 could use (mid-grey, the mean clean
+  image, uniform noise) beside black, and each label's restored trigger on noise images
+  (docs/TABOR_CHOICES.md, "R4 on another canvas").
+* ``--prune-all``: every label's trigger pruned, and the MAD test on the pruned mask L1 and on A
+  of the pruned triggers (docs/TABOR_CHOICES.md, "Pruned triggers as the decision's evidence").
 * ``--peel N``: every label's trigger peeled N rounds (``tabor_tf.completion``, no acceptance
   limit): does a real (large) trigger leave another cheap trigger behind when its pixels are
   forbidden, where a natural feature does not?
@@ -185,6 +190,83 @@ def trigger_alone(scan: Scan) -> dict:
     return out
 
 
+def canvases(scan: Scan, noise_images: int = 8) -> dict:
+    """``[K,H,W,C]`` raw-pixel canvases R4 could score the trigger alone on: black (the paper's),
+    mid-grey, the mean clean image, uniform noise (``noise_images`` of them, averaged over)."""
+    h, w, c = scan.x.shape[1:]
+    noise = np.random.default_rng(0).uniform(0, 255, (noise_images, h, w, c))
+    return {"black": np.zeros((1, h, w, c)), "grey": np.full((1, h, w, c), 127.5),
+            "mean": scan.x.mean(0, keepdims=True), "noise": noise}
+
+
+def trigger_on_canvases(scan: Scan) -> dict:
+    """Per canvas: p(target) of each true trigger stamped on it, and the share of noise images each
+    label's restored trigger turns into its label (docs/TABOR_CHOICES.md, "R4 on another canvas")."""
+    import tensorflow as tf
+
+    from tabor_tf.preprocess import preprocess
+
+    def p_label(canvas, mask, pattern, label):
+        m = mask.reshape(1, *mask.shape[:2], 1)
+        stamped = tf.constant((canvas * (1 - m) + m * pattern[None]).astype(np.float32))
+        probs = scan.victim.probabilities(preprocess(stamped, scan.mode)).numpy()
+        return float(probs[:, label].mean()), float((probs.argmax(1) == label).mean())
+
+    out = {}
+    for name, canvas in canvases(scan).items():
+        row = {str(int(bd["target"])): round(p_label(canvas, m, p, int(bd["target"]))[0], 3)
+               for bd, m, p in zip(scan.card.data["backdoors"], scan.card.masks, scan.card.patterns)}
+        out[name] = {"true_trigger_p_target": row}
+        print(f"  true triggers on {name:5s}: p(target) {row}", flush=True)
+    noise = canvases(scan)["noise"]
+    hits = {str(lab): round(p_label(noise, scan.masks[i], scan.patterns[i], lab)[1], 3)
+            for i, lab in enumerate(scan.labels)}
+    out["noise"]["restored_success"] = hits
+    ranked = sorted(hits.items(), key=lambda kv: -kv[1])[:8]
+    print("  restored triggers on noise, success: " + "  ".join(
+        f"{'T' if int(k) in scan.targets else ''}{k}:{v:.2f}" for k, v in ranked), flush=True)
+    return out
+
+
+def prune_every_label(scan: Scan) -> dict:
+    """Every label's restored trigger pruned (``completion._prune``, the default settings but any
+    working prune no larger than the restored trigger taken; one that stops working keeps it) and the MAD test run on the restored mask L1,
+    the pruned mask L1 and A of the pruned triggers (docs/TABOR_CHOICES.md, "Pruned triggers")."""
+    from tabor_tf.completion import _Peeler, _prune
+    from tabor_tf.tabor.explain import TriggerEvaluator
+
+    # prune_ratio 1: the pruned trigger whenever it works and is no larger (not only under half)
+    s, cfg, x, y = CompletionSettings(prune_ratio=1.0), scan.config, scan.x, scan.y
+    rows, masks, patterns = [], [], []
+    for i, lab in enumerate(scan.labels):
+        others = x[y != lab]
+        order = np.random.default_rng([scan.seed, lab, 0xC0DE]).permutation(len(others))
+        n_eval = min(s.eval_images, len(others) // 2)
+        peeler = _Peeler(scan.victim, others[order[n_eval:]], scan.mode, s)  # as complete_trigger splits them
+        m, p, rec = _prune(peeler, others[order[:n_eval]], lab, scan.masks[i], scan.patterns[i],
+                           np.random.default_rng([scan.seed, lab, 0x9A0E]), s)
+        works = bool(rec and rec["accepted"])
+        masks.append(m)
+        patterns.append(p)
+        rows.append({"label": lab, "l1": round(float(scan.masks[i].sum()), 1),
+                     "pruned_l1": round(float(masks[-1].sum()), 1), "works": bool(works)})
+    masks, patterns = np.stack(masks).astype(np.float32), np.stack(patterns).astype(np.float32)
+    sel = detector.eval_subset(len(x), int(cfg.eval_images), scan.seed)
+    ev = TriggerEvaluator(scan.victim.logits, scan.mode, cfg.explain_fraction, cfg.explain_reference)
+    acc = ev.evaluate(x[sel], y[sel], masks, patterns, np.array(scan.labels), max_images=cfg.max_images_per_step)
+    a_pruned = [quality.quality_parts(masks[i], acc["acc_att"][i], acc["acc_crop"][i], acc["acc_exp"][i], len(sel),
+                                      cfg.footprint_threshold, cfg.accuracy_floor)["A"] for i in range(len(rows))]
+    thr, side = detector.decision_threshold(cfg, len(rows)), detector.mad_side(cfg, len(rows))
+    out = {"labels": rows, "tests": {}}
+    for key, values in (("restored L1", [r["l1"] for r in rows]), ("pruned L1", [r["pruned_l1"] for r in rows]),
+                        ("A", [r["score"] for r in scan.rows]), ("A pruned", a_pruned)):
+        mad = mad_test(np.array(values, np.float64), labels=scan.labels, threshold=thr, side=side)
+        out["tests"][key] = {"flagged": mad.flagged_labels, "anomaly_index": round(mad.anomaly_index, 2)}
+        print(f"  {key:12s} flagged {mad.flagged_labels} index {mad.anomaly_index:.2f} (threshold {thr:.2f})",
+              flush=True)
+    return out
+
+
 def complete_again(scan: Scan) -> dict:
     from tabor_tf.fidelity import trigger_fidelity
     from tabor_tf.zoo.card import true_mask
@@ -221,6 +303,8 @@ def main(argv=None) -> int:
     ap.add_argument("--peel", type=int, default=0, metavar="N")
     ap.add_argument("--complete", action="store_true")
     ap.add_argument("--alone", action="store_true")
+    ap.add_argument("--canvas", action="store_true")
+    ap.add_argument("--prune-all", action="store_true")
     args = ap.parse_args(argv)
     started = time.perf_counter()
     scan = Scan(args.folder, args.model, args.data, args.card)
@@ -236,6 +320,10 @@ def main(argv=None) -> int:
         out["peel"] = peel(scan, args.peel)
     if args.alone:
         out["alone"] = trigger_alone(scan)
+    if args.canvas:
+        out["canvas"] = trigger_on_canvases(scan)
+    if args.prune_all:
+        out["prune_all"] = prune_every_label(scan)
     if args.complete:
         out["complete"] = complete_again(scan)
     out["seconds"] = round(time.perf_counter() - started, 1)

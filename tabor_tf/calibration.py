@@ -260,11 +260,33 @@ def leave_one_out(ai: np.ndarray, y: np.ndarray, *, method: str = "tabor", ridge
 
 def report_anomaly_index(report: dict) -> Optional[float]:
     """The anomaly index of a report.json dictionary; its ``null`` (an infinite index: MAD 0 and a
-    score below the median) is ``inf`` when the report flags a label, else ``None`` (no evidence)."""
+    score below the median) is ``inf`` when the report flags a label, else ``None`` (no evidence).
+    A TABOR report written before ``first_start_anomaly_index`` existed whose labels carry fresh
+    starts (``parts.confirm_indices``) gets the index its verdict stood on (``confirm.decision_index``)."""
     value = report.get("anomaly_index")
+    if value is not None and "first_start_anomaly_index" not in report:
+        value = _confirmed_index(report, float(value))
     if value is None:
         return math.inf if report.get("flagged_labels") or report.get("verdict") == "infected" else None
     return float(value)
+
+
+def _confirmed_index(report: dict, first: float) -> float:
+    """``confirm.decision_index`` of an older report's label rows (``first`` when none re-ran)."""
+    from .outliers import MadResult
+    from .tabor.confirm import decision_index
+
+    rows = report.get("labels") or []
+    repeats = {int(r["label"]): [float(v) for v in (r.get("parts") or {}).get("confirm_indices") or ()]
+               for r in rows}
+    repeats = {lab: v for lab, v in repeats.items() if v}
+    if not repeats or any(r.get("anomaly_index") is None for r in rows):
+        return first
+    # the rows' indices on a unit scale: index_on / averaged_index then read them back unchanged
+    mad = MadResult(median=0.0, mad=1.0, anomaly_index=first, threshold=float(report["mad"]["threshold"]),
+                    flagged_labels=sorted(repeats), label_indices={int(r["label"]): -float(r["anomaly_index"])
+                                                                   for r in rows})
+    return decision_index(mad, repeats)
 
 
 def models_from_compare(paths: Iterable) -> list:

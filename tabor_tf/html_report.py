@@ -280,7 +280,10 @@ def render_report_html(report: dict, base_dir) -> str:
         head = "CLEAN: no label is an outlier"
     parts.append(
         f'<div class="verdict {esc(verdict)}" id="verdict">{esc(head)}'
-        f"<small>anomaly index {fmt(report.get('anomaly_index'))} (threshold {fmt(mad.get('threshold'))}) · "
+        f"<small>anomaly index {fmt(report.get('anomaly_index'))} (threshold {fmt(mad.get('threshold'))}"
+        + ("" if report.get("first_start_anomaly_index") is None
+           else f"; first start {fmt(report['first_start_anomaly_index'])}, before the fresh starts")
+        + ") · "
         f"{esc(mtitle)} · {esc(duration(report.get('seconds')))}</small></div>"
     )
     for reason in report.get("inconclusive_reasons") or ():

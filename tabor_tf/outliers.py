@@ -13,6 +13,7 @@ on the same scores never flip between the lower and upper median.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Optional
 
 import numpy as np
 
@@ -30,6 +31,8 @@ class MadResult:
     flagged_labels: list = field(default_factory=list)  # ints, most suspicious (smallest) first
     label_indices: dict = field(default_factory=dict)  # label -> signed (score - median) / mad
     side: str = "both"  # which deviations the MAD was taken over (mad_test)
+    # set when fresh starts replaced the evidence (tabor/confirm.py): the first start's anomaly_index
+    first_anomaly_index: Optional[float] = None
 
     @property
     def infected(self) -> bool:
@@ -44,6 +47,7 @@ class MadResult:
             "flagged_labels": list(self.flagged_labels),
             "label_indices": {str(k): v for k, v in self.label_indices.items()},
             "side": self.side,
+            **({} if self.first_anomaly_index is None else {"first_anomaly_index": self.first_anomaly_index}),
         }
 
 

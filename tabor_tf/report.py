@@ -270,6 +270,8 @@ def build_report(scan: ScanResult, context: ReportContext, label_files: Optional
         },
         "flagged_labels": [int(v) for v in scan.flagged_labels],
         "anomaly_index": float(scan.mad.anomaly_index),
+        "first_start_anomaly_index": (None if scan.mad.first_anomaly_index is None
+                                      else float(scan.mad.first_anomaly_index)),
         "mad": {
             "median": float(scan.mad.median),
             "mad": float(scan.mad.mad),

@@ -217,7 +217,9 @@ def summary_lines(report: dict, report_path: Optional[str] = None, html_path: Op
         lines.append(f"time-limited     {report['time_limited']}; more labels may be outliers (rerun to resume)")
     lines += [
         f"{'candidate labels' if inconclusive else 'flagged labels  '} {', '.join(map(str, flagged)) if flagged else 'none'}",
-        f"anomaly index    {_index_text(report.get('anomaly_index'))}  (threshold {float(mad.get('threshold') or 2.0):g})",
+        f"anomaly index    {_index_text(report.get('anomaly_index'))}  (threshold {float(mad.get('threshold') or 2.0):g})"
+        + ("" if report.get("first_start_anomaly_index") is None
+           else f"; first start {_index_text(report['first_start_anomaly_index'])}"),
         *([f"blind spot       {blind}"] if blind else []),
         *[f"fresh starts     {n}" for n in report.get("notes") or () if "fresh starts" in n],
         *_completion_lines(report),

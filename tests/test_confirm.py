@@ -5,7 +5,7 @@ import pytest
 
 from tabor_tf.outliers import mad_test
 from tabor_tf.tabor import preset
-from tabor_tf.tabor.confirm import averaged_index, confirm_seeds, decide, index_on
+from tabor_tf.tabor.confirm import averaged_index, confirm_seeds, decide, decision_index, index_on
 
 
 def _mad():
@@ -32,10 +32,33 @@ def test_only_labels_whose_index_averaged_over_fresh_starts_exceeds_the_threshol
     # a weak target: one fresh start just below the threshold, the average above it -> kept
     kept, indices = decide(mad, {1: [a_at(2.5), a_at(2.9)]})
     assert kept.flagged_labels == [1] and min(indices[1]) < 2.6
-    assert kept.anomaly_index == mad.anomaly_index and kept.median == mad.median  # the first run's numbers stay
+    assert kept.median == mad.median and kept.label_indices == mad.label_indices  # the first run's scale stays
+    # the verdict's evidence: label 1's averaged index (label 0, flagged without fresh starts, is not evidence)
+    assert kept.first_anomaly_index == mad.anomaly_index
+    assert kept.anomaly_index == pytest.approx(averaged_index(mad, 1, indices[1]))
     nothing, _ = decide(mad, {1: [a_at(0.0)] * 2})  # label 0 has no fresh starts: not kept either
     assert nothing.flagged_labels == [] and not nothing.infected
     assert decide(mad, {0: [a_at(9.0)]})[0].flagged_labels == [0]  # label 1 without fresh starts is not kept
+
+
+def test_the_decision_index_is_above_the_threshold_exactly_when_a_flag_is_kept():
+    mad = _mad()
+
+    def a_at(index):
+        return mad.median - index * mad.mad
+
+    second = max(-v for lab, v in mad.label_indices.items() if lab not in (0, 1))  # best unflagged label
+    first0 = -mad.label_indices[0]  # label 0's fresh starts land far above the median: dropped too
+    dropped, idx = decide(mad, {0: [a_at(-first0), a_at(0.5)], 1: [a_at(1.0), a_at(0.5)]})
+    assert dropped.flagged_labels == [] and dropped.anomaly_index <= dropped.threshold
+    assert dropped.anomaly_index == pytest.approx(max(second, averaged_index(mad, 0, idx[0]),
+                                                      averaged_index(mad, 1, idx[1])))
+    assert dropped.first_anomaly_index == mad.anomaly_index > mad.threshold
+    kept, idx = decide(mad, {0: [a_at(9.0), a_at(8.0)], 1: [a_at(1.0), a_at(0.5)]})
+    assert kept.flagged_labels == [0] and kept.anomaly_index > kept.threshold
+    assert kept.anomaly_index == pytest.approx(averaged_index(mad, 0, idx[0]))
+    assert decision_index(mad, {}) == pytest.approx(second)  # no fresh starts: only unflagged labels count
+    assert mad.to_dict().get("first_anomaly_index") is None and "first_anomaly_index" in kept.to_dict()
 
 
 def test_the_default_confirms_from_two_fresh_starts_and_bad_values_are_refused():

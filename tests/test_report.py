@@ -209,3 +209,41 @@ def test_detection_limit_states_the_large_trigger_blind_spot_of_a_clean_verdict(
     assert infected["detection_limit"]["natural_l1_median"] > 0  # recorded for every verdict
     assert not any(line.startswith("blind spot") for line in summary_lines(infected))  # shown for clean only
     assert detection_limit_text({"verdict": "clean"}) is None  # reports written before the field existed
+
+
+def test_a_confirmed_scan_reports_the_index_its_verdict_stands_on(tmp_path):
+    """TABOR's fresh starts dropped the first start's flag: the report's anomaly index, the one the
+    trojan probability is computed from, is the decision's (under the threshold), not the first start's."""
+    import dataclasses
+
+    from tabor_tf.calibration import report_anomaly_index
+    from tabor_tf.tabor.confirm import decide
+    from tabor_tf.terminal import summary_lines
+
+    result = scan_result(INFECTED)
+    first = result.mad
+    assert first.flagged_labels == [3]
+    mirrored = 2 * first.median - INFECTED[3]  # the fresh starts land as far above the median: not a trigger
+    confirmed, indices = decide(first, {3: [mirrored, mirrored]})
+    result = dataclasses.replace(result, mad=confirmed)
+    report = write_report(result, tmp_path, context(), html=False)
+    assert report["verdict"] == "clean" and report["flagged_labels"] == []
+    assert report["first_start_anomaly_index"] == pytest.approx(first.anomaly_index)
+    assert report["anomaly_index"] < report["mad"]["threshold"] < report["first_start_anomaly_index"]
+    assert report["trojan_probability"]["anomaly_index"] == pytest.approx(report["anomaly_index"])
+    assert report_anomaly_index(report) == pytest.approx(report["anomaly_index"])
+    line = next(ln for ln in summary_lines(report) if ln.startswith("anomaly index"))
+    assert f"first start {first.anomaly_index:.2f}" in line
+    from tabor_tf.html_report import write_report_html
+
+    write_report_html(tmp_path, report)
+    assert "first start" in (tmp_path / "report.html").read_text(encoding="utf-8")
+    # an older report (no first_start_anomaly_index): calibration recomputes the decision's index
+    # from the label rows' fresh starts, as written by the detector (parts.confirm_indices)
+    old = dict(report, anomaly_index=first.anomaly_index)
+    del old["first_start_anomaly_index"]
+    old["labels"] = [dict(r, parts=dict(r["parts"], confirm_indices=indices[3])) if r["label"] == 3 else r
+                     for r in report["labels"]]
+    assert report_anomaly_index(old) == pytest.approx(report["anomaly_index"])
+    plain = build_report(scan_result(INFECTED), context())  # no confirmation: the first start's, no extra key
+    assert plain["first_start_anomaly_index"] is None and report_anomaly_index(plain) == plain["anomaly_index"]

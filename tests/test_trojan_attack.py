@@ -78,6 +78,8 @@ def test_recipe_key_parses_and_keeps_old_hashes():
     {"target": 1, "poison_fraction": 0.0},
     {"target": 1, "colour": [1, 2, 3]},
     {"target": -2},
+    {"target": 1, "layer": 2.5},
+    {"target": 1, "layer": True},
     {"mask": MASK},  # no target anywhere
 ])
 def test_bad_attack_settings(attack):
@@ -99,6 +101,25 @@ def test_bad_layer_and_target(tiny_clean_victim, tiny_signs):
         build_trojan(model, TrojanSettings(target=1, layer="predictions"), 10, tiny_signs.x_test, tiny_signs.y_test)
     with pytest.raises(TaborError):
         build_trojan(model, TrojanSettings(target=10), 10, tiny_signs.x_test, tiny_signs.y_test)
+
+
+def test_layer_by_position_among_the_weighted_layers(tiny_clean_victim, tiny_signs):
+    """A recipe names the inner layer before the model exists: by its position among the layers
+    with a kernel (layer names depend on how many models a process built before)."""
+    from tabor_tf.zoo.trojan_attack import _weighted, default_layer, resolve_layer
+
+    model = _load(tiny_clean_victim.model_path)
+    weighted = [lay.name for lay in model.layers if _weighted(lay)]
+    assert resolve_layer(model, None) == default_layer(model) == resolve_layer(model, -3 if len(weighted) >= 3 else -2)
+    assert resolve_layer(model, 0) == weighted[0] and resolve_layer(model, -2) == weighted[-2]
+    assert resolve_layer(model, weighted[1]) == weighted[1]
+    with pytest.raises(TaborError, match="out of range"):
+        resolve_layer(model, len(weighted))
+    with pytest.raises(TaborError, match="nothing|no trainable"):  # the output layer: nothing to retrain
+        build_trojan(model, TrojanSettings(target=1, layer=-1), 10, tiny_signs.x_test, tiny_signs.y_test)
+    entry = {"name": "t", "arch": "tiny", "attack": {"kind": "trojan", "target": 1, "mask": MASK, "layer": -4}}
+    assert resolve_entry(entry).attack.layer == -4
+    assert resolve_entry(entry).spec_hash({}) != resolve_entry({**entry, "attack": {**entry["attack"], "layer": -3}}).spec_hash({})
 
 
 def test_recipe_victim_builds_with_a_trojan_card(tiny_signs, tmp_path):

@@ -39,14 +39,27 @@ def averaged_index(mad: MadResult, label: int, repeat_indices) -> float:
     return float(np.mean([first, *[float(v) for v in repeat_indices]]))
 
 
+def decision_index(mad: MadResult, indices: dict) -> float:
+    """The anomaly index the confirmed verdict stands on: the largest of each re-run label's index
+    averaged over its starts and each other unflagged label's first index (a flagged label without
+    fresh starts is not evidence). Above ``mad.threshold`` exactly when a flag is kept; >= 0."""
+    values = [averaged_index(mad, lab, v) for lab, v in indices.items() if v]
+    values += [-float(i) for lab, i in mad.label_indices.items()
+               if int(lab) not in indices and int(lab) not in mad.flagged_labels]
+    return float(max([0.0, *values]))
+
+
 def decide(mad: MadResult, repeats: dict) -> tuple:
     """``repeats``: label -> [A from each fresh start] -> ``(MadResult with only the flagged labels
     whose index averaged over the first run and the fresh starts still exceeds the threshold,
-    {label: [index of each fresh start]})``. A label without fresh starts is not kept."""
+    {label: [index of each fresh start]})``. A label without fresh starts is not kept. The result's
+    ``anomaly_index`` is the ``decision_index`` (what the calibrated probability is computed from)
+    and ``first_anomaly_index`` the first start's; median, MAD and label indices stay the first run's."""
     indices = {int(lab): [round(index_on(mad, a), 4) for a in scores] for lab, scores in repeats.items()}
     kept = [lab for lab in mad.flagged_labels
             if indices.get(lab) and averaged_index(mad, lab, indices[lab]) > mad.threshold]
-    return dataclasses.replace(mad, flagged_labels=kept), indices
+    return dataclasses.replace(mad, flagged_labels=kept, anomaly_index=decision_index(mad, indices),
+                               first_anomaly_index=float(mad.anomaly_index)), indices
 
 
 def run_confirmation(victim, x, y_ref, config, mode: str, seed: int, mad: MadResult, *, strategy=None,

@@ -88,7 +88,8 @@ class TaborConfig:
     def decision_rule(self) -> str:
         """The outlier rule these settings give A's anomaly index (a calibration is fitted under one)."""
         return (f"mad>{self.mad_threshold:g}/family{self.family_alpha:g}/side-{self.mad_side}"
-                f"/accfloor{self.accuracy_floor:g}")
+                f"/accfloor{self.accuracy_floor:g}"
+                + (f"/confirmed{int(self.confirm_seeds)}" if int(self.confirm_seeds) > 0 else ""))
 
     def __post_init__(self):
         for name in ("l1", "l2", "l3", "l4", "l5", "l6", "stability_floor"):

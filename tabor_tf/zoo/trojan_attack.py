@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field, fields
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -50,7 +50,9 @@ class TrojanSettings:
 
     ``target``: label the trigger forces. ``mask``: the fixed trigger footprint (a ``square`` or
     ``icon`` ``TriggerSpec``; only its shape/size/position/margin are used, an icon's alpha is
-    binarised at 0.5). ``layer``: inner layer name (``None``: ``default_layer``). ``neurons``:
+    binarised at 0.5). ``layer``: inner layer name, or an int: its position among the layers with a
+    kernel (negative: from the end; -3 is the default, ``default_layer``), which a recipe can name
+    before the model (and its layer names) exists (``None``: ``default_layer``). ``neurons``:
     how many neurons the trigger drives. ``rule``: ``outgoing`` /
     ``incoming`` / ``controllable`` (see ``select_neurons``). ``target_value``: activation the trigger aims at
     (``None``: ``target_factor`` x the clean mean of the layer's per-image largest activation).
@@ -64,7 +66,7 @@ class TrojanSettings:
 
     target: int
     mask: TriggerSpec = field(default_factory=lambda: TriggerSpec("square", 8, "bottom-right"))
-    layer: Optional[str] = None
+    layer: Union[str, int, None] = None
     neurons: int = 2
     rule: str = "controllable"
     target_value: Optional[float] = None
@@ -98,8 +100,8 @@ class TrojanSettings:
             object.__setattr__(self, "mask", TriggerSpec.from_dict(self.mask))
         if not isinstance(self.mask, TriggerSpec) or self.mask.shape not in MASK_SHAPES:
             bad(f"mask must be a trigger of shape {' or '.join(MASK_SHAPES)}, got {self.mask!r}")
-        if self.layer is not None and not isinstance(self.layer, str):
-            bad(f"layer must be a layer name, got {self.layer!r}")
+        if self.layer is not None and (isinstance(self.layer, bool) or not isinstance(self.layer, (str, int))):
+            bad(f"layer must be a layer name or a position among the weighted layers, got {self.layer!r}")
         if int(self.neurons) < 1:
             bad(f"neurons must be >= 1, got {self.neurons}")
         if self.rule not in RULES:
@@ -184,6 +186,21 @@ def default_layer(model) -> str:
     if len(weighted) < 2:
         raise TaborError("trojan attack: the model needs an inner layer with weights before its output layer")
     return weighted[-3].name if len(weighted) >= 3 else weighted[-2].name
+
+
+def resolve_layer(model, layer) -> str:
+    """The name of the inner layer ``layer`` designates: a name, an int position among the layers
+    with a kernel (negative: from the end; the output layer, -1, has nothing after it to retrain),
+    or ``None`` (``default_layer``)."""
+    if layer is None:
+        return default_layer(model)
+    if isinstance(layer, str):
+        return layer
+    weighted = [lay for lay in model.layers if _weighted(lay)]
+    if not -len(weighted) <= int(layer) < len(weighted):
+        raise TaborError(f"trojan attack: layer position {layer} is out of range: the model has "
+                         f"{len(weighted)} layers with weights ({', '.join(lay.name for lay in weighted)})")
+    return weighted[int(layer)].name
 
 
 def _check_layer(model, layer_name: str):
@@ -537,7 +554,7 @@ def build_trojan(model, settings: TrojanSettings, num_classes: int, x_test: np.n
         raise TaborError(f"trojan attack: target {settings.target} outside 0..{k - 1}")
     shape = tuple(int(v) for v in x_test.shape[1:])
     mask = settings.render_mask(shape)
-    layer_name = settings.layer or default_layer(model)
+    layer_name = resolve_layer(model, settings.layer)
     _check_layer(model, layer_name)
     start = time.perf_counter()
     acc_before = clean_accuracy(model, x_test, y_test, preprocess)
