@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from tabor_tf.calibration import (Calibration, decision_rule, cross_entropy, feature, fit, load_default, pairs_from_compare, sigmoid,
-                                  probability_line, report_block, roc_auc, save)
+                                  MIN_USEFUL_AUC, probability_line, report_block, roc_auc, save)
 
 
 def test_auc_and_cross_entropy():
@@ -66,7 +66,7 @@ def test_pairs_from_compare_and_defaults(tmp_path):
                         "neural_cleanse": {"anomaly_index": 1.0}}}))
     dirs = sorted(tmp_path.iterdir())
     assert pairs_from_compare(dirs, "tabor") == [(4.0, True), (0.7, False), (np.inf, True), (None, False)]
-    default = load_default("tabor")  # the shipped file: fitted on the GTSRB zoo (models/recipes/gtsrb-zoo.json)
+    default = load_default("tabor")  # the shipped file: fitted on the evaluation zoo's dev half, measured on its test half
     assert not default.provisional and default.n_models >= 4 and default.heldout_auc is not None
     assert default.probability(2.0) == pytest.approx(float(sigmoid(default.a * np.log(3.0) + default.b)))
     assert default.probability(0.5) < default.probability(2.0) < default.probability(5.0)
@@ -75,10 +75,14 @@ def test_pairs_from_compare_and_defaults(tmp_path):
     assert block["probability"] == pytest.approx(default.probability(5.0)) and block["probability"] > 0.5
     assert not block["calibration"]["provisional"] and block["calibration"]["fitted_on_zoo"]
     assert block["calibration"]["file"] == "calibration.json" and block["anomaly_index"] == 5.0
-    # fitted on indices of TABOR's earlier decision rule (NC's fixed 2 on A): provisional until refitted
-    assert default.decision_rule is None and default.provisional_reasons()
-    assert "earlier decision rule" in probability_line({"trojan_probability": block})
-    current = replace(default, decision_rule=decision_rule("tabor"))
+    # fitted under the current decision rule and measured on the test split, where its AUC is too low
+    # to make the number usable: provisional, and says why (issue 11: never an AUC not measured there)
+    assert default.decision_rule == decision_rule("tabor") and default.heldout_kind == "test split"
+    assert default.heldout_auc < MIN_USEFUL_AUC and any("test split" in r for r in default.provisional_reasons())
+    assert "PROVISIONAL" in probability_line({"trojan_probability": block})
+    earlier = replace(default, decision_rule=None)  # indices of an earlier rule: provisional until refitted
+    assert "earlier decision rule" in probability_line({"trojan_probability": report_block("tabor", 5.0, earlier)})
+    current = replace(default, heldout_auc=0.9)
     assert current.provisional_reasons() == []
     assert report_block("nc", None)["probability"] is None
     assert report_block("tabor", float("inf"))["probability"] == 1.0

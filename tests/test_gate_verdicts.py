@@ -170,19 +170,25 @@ def test_probabilities_are_provisional_outside_their_fit(tmp_path):
 
     gtsrb = {"input_shape": [32, 32, 3], "num_classes": 43}
     mnist = {"input_shape": [28, 28, 1], "num_classes": 10}
-    shipped = report_block("tabor", 5.0, model=gtsrb)  # fitted before TABOR's decision rule changed
-    assert not shipped["calibration"]["validated"]
-    assert "earlier decision rule" in probability_text({"trojan_probability": shipped})
-    refitted = json.loads(open(DEFAULT_PATH, encoding="utf-8").read())
-    refitted["methods"]["tabor"]["decision_rule"] = decision_rule("tabor")
+    shipped = report_block("tabor", 5.0, model=gtsrb)  # fitted on the dev half; its test-split AUC is too low
+    auc = shipped["calibration"]["heldout_auc"]
+    assert not shipped["calibration"]["validated"] and auc < 0.75
+    assert f"AUC on the test split is {auc:.2f}" in probability_text({"trojan_probability": shipped})
+    good = json.loads(open(DEFAULT_PATH, encoding="utf-8").read())  # the same file, as if it separated well
+    good["methods"]["tabor"].update(heldout_auc=0.9, domain={"input_shapes": [[32, 32, 3]], "num_classes": [43]})
     path = tmp_path / "calibration.json"
-    path.write_text(json.dumps(refitted), encoding="utf-8")
+    path.write_text(json.dumps(good), encoding="utf-8")
     inside = report_block("tabor", 5.0, model=gtsrb, path=path)
     assert inside["calibration"]["validated"] and "PROVISIONAL" not in probability_text({"trojan_probability": inside})
     outside = report_block("tabor", 5.0, model=mnist, path=path)
     assert not outside["calibration"]["validated"]
     text = probability_text({"trojan_probability": outside})
     assert text.count("PROVISIONAL") == 1 and "28x28x1 input, 10 classes" in text and "AUC 1.00" not in text
+    good["methods"]["tabor"]["decision_rule"] = None  # fitted on indices of an earlier rule
+    path.write_text(json.dumps(good), encoding="utf-8")
+    earlier = report_block("tabor", 5.0, model=gtsrb, path=path)
+    assert "earlier decision rule" in probability_text({"trojan_probability": earlier})
+    assert decision_rule("tabor") != decision_rule("nc")
     nc = report_block("nc", 5.0, model=gtsrb)  # its held-out AUC (0.12) is no better than chance
     assert not nc["calibration"]["validated"]
     assert "PROVISIONAL" in probability_text({"trojan_probability": nc})
