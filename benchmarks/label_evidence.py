@@ -41,6 +41,7 @@ import argparse
 import json
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 from scipy import ndimage
@@ -174,15 +175,23 @@ def peel(scan: Scan, rounds: int) -> dict:
     return out
 
 
-def trigger_alone(scan: Scan) -> dict:
+def _stamped_probs(scan: Scan, canvas: np.ndarray, mask: np.ndarray, pattern: np.ndarray) -> np.ndarray:
+    """Class probabilities ``[K, classes]`` of ``mask [H,W]`` / ``pattern [H,W,C]`` stamped on each of
+    the raw-pixel ``canvas [K,H,W,C]`` images."""
     import tensorflow as tf
 
     from tabor_tf.preprocess import preprocess
 
+    m = mask.reshape(1, *mask.shape[:2], 1)
+    stamped = tf.constant((canvas * (1 - m) + m * pattern[None]).astype(np.float32))
+    return scan.victim.probabilities(preprocess(stamped, scan.mode)).numpy()
+
+
+def trigger_alone(scan: Scan) -> dict:
     out = {}
+    black = canvases(scan)["black"]
     for bd, mask, pattern in zip(scan.card.data["backdoors"], scan.card.masks, scan.card.patterns):
-        alone = (mask.reshape(*mask.shape[:2], 1) * pattern)[None].astype(np.float32)  # raw pixels on black
-        probs = tf.nn.softmax(scan.victim.logits(preprocess(tf.constant(alone), scan.mode))).numpy()[0]
+        probs = _stamped_probs(scan, black, mask, pattern)[0]  # the trigger alone, raw pixels on black
         target = int(bd["target"])
         out[str(target)] = {"p_target": round(float(probs[target]), 3), "argmax": int(np.argmax(probs))}
         print(f"  true trigger of {target} alone on black: p(target) {probs[target]:.3f},"
@@ -202,24 +211,14 @@ def canvases(scan: Scan, noise_images: int = 8) -> dict:
 def trigger_on_canvases(scan: Scan) -> dict:
     """Per canvas: p(target) of each true trigger stamped on it, and the share of noise images each
     label's restored trigger turns into its label (docs/TABOR_CHOICES.md, "R4 on another canvas")."""
-    import tensorflow as tf
-
-    from tabor_tf.preprocess import preprocess
-
-    def p_label(canvas, mask, pattern, label):
-        m = mask.reshape(1, *mask.shape[:2], 1)
-        stamped = tf.constant((canvas * (1 - m) + m * pattern[None]).astype(np.float32))
-        probs = scan.victim.probabilities(preprocess(stamped, scan.mode)).numpy()
-        return float(probs[:, label].mean()), float((probs.argmax(1) == label).mean())
-
-    out = {}
-    for name, canvas in canvases(scan).items():
-        row = {str(int(bd["target"])): round(p_label(canvas, m, p, int(bd["target"]))[0], 3)
+    out, all_canvases = {}, canvases(scan)
+    for name, canvas in all_canvases.items():
+        row = {str(int(bd["target"])): round(float(_stamped_probs(scan, canvas, m, p)[:, int(bd["target"])].mean()), 3)
                for bd, m, p in zip(scan.card.data["backdoors"], scan.card.masks, scan.card.patterns)}
         out[name] = {"true_trigger_p_target": row}
         print(f"  true triggers on {name:5s}: p(target) {row}", flush=True)
-    noise = canvases(scan)["noise"]
-    hits = {str(lab): round(p_label(noise, scan.masks[i], scan.patterns[i], lab)[1], 3)
+    hits = {str(lab): round(float((_stamped_probs(scan, all_canvases["noise"], scan.masks[i], scan.patterns[i])
+                                   .argmax(1) == lab).mean()), 3)
             for i, lab in enumerate(scan.labels)}
     out["noise"]["restored_success"] = hits
     ranked = sorted(hits.items(), key=lambda kv: -kv[1])[:8]
@@ -232,30 +231,21 @@ def prune_every_label(scan: Scan) -> dict:
     """Every label's restored trigger pruned (``completion._prune``, the default settings but any
     working prune no larger than the restored trigger taken; one that stops working keeps it) and the MAD test run on the restored mask L1,
     the pruned mask L1 and A of the pruned triggers (docs/TABOR_CHOICES.md, "Pruned triggers")."""
-    from tabor_tf.completion import _Peeler, _prune
-    from tabor_tf.tabor.explain import TriggerEvaluator
+    from tabor_tf.completion import prune_trigger
 
     # prune_ratio 1: the pruned trigger whenever it works and is no larger (not only under half)
     s, cfg, x, y = CompletionSettings(prune_ratio=1.0), scan.config, scan.x, scan.y
     rows, masks, patterns = [], [], []
     for i, lab in enumerate(scan.labels):
-        others = x[y != lab]
-        order = np.random.default_rng([scan.seed, lab, 0xC0DE]).permutation(len(others))
-        n_eval = min(s.eval_images, len(others) // 2)
-        peeler = _Peeler(scan.victim, others[order[n_eval:]], scan.mode, s)  # as complete_trigger splits them
-        m, p, rec = _prune(peeler, others[order[:n_eval]], lab, scan.masks[i], scan.patterns[i],
-                           np.random.default_rng([scan.seed, lab, 0x9A0E]), s)
-        works = bool(rec and rec["accepted"])
+        m, p, rec = prune_trigger(scan.victim, x, scan.mode, lab, scan.masks[i], scan.patterns[i], settings=s,
+                                  seed=scan.seed, y=y)
         masks.append(m)
         patterns.append(p)
         rows.append({"label": lab, "l1": round(float(scan.masks[i].sum()), 1),
-                     "pruned_l1": round(float(masks[-1].sum()), 1), "works": bool(works)})
-    masks, patterns = np.stack(masks).astype(np.float32), np.stack(patterns).astype(np.float32)
-    sel = detector.eval_subset(len(x), int(cfg.eval_images), scan.seed)
-    ev = TriggerEvaluator(scan.victim.logits, scan.mode, cfg.explain_fraction, cfg.explain_reference)
-    acc = ev.evaluate(x[sel], y[sel], masks, patterns, np.array(scan.labels), max_images=cfg.max_images_per_step)
-    a_pruned = [quality.quality_parts(masks[i], acc["acc_att"][i], acc["acc_crop"][i], acc["acc_exp"][i], len(sel),
-                                      cfg.footprint_threshold, cfg.accuracy_floor)["A"] for i in range(len(rows))]
+                     "pruned_l1": round(float(m.sum()), 1), "works": bool(rec and rec["accepted"])})
+    pruned = SimpleNamespace(labels=scan.labels, masks=np.stack(masks).astype(np.float32),
+                             patterns=np.stack(patterns).astype(np.float32))
+    a_pruned = [p["A"] for p in detector.score_triggers(scan.victim, x, y, pruned, cfg, scan.mode, scan.seed)]
     thr, side = detector.decision_threshold(cfg, len(rows)), detector.mad_side(cfg, len(rows))
     out = {"labels": rows, "tests": {}}
     for key, values in (("restored L1", [r["l1"] for r in rows]), ("pruned L1", [r["pruned_l1"] for r in rows]),

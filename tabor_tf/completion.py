@@ -217,22 +217,13 @@ def complete_trigger(victim, x_raw: np.ndarray, mode: str, label: int, mask, pat
     the first trigger's L1).
     """
     s = settings or CompletionSettings()
-    x_raw = np.asarray(x_raw, np.float32)
-    if y is not None:
-        x_raw = x_raw[np.asarray(y) != int(label)]
-    if len(x_raw) < 4:
-        raise TaborError(f"completion of label {label} needs at least 4 clean images of other labels")
-    rng = np.random.default_rng([int(seed), int(label), 0xC0DE])
-    order = rng.permutation(len(x_raw))
-    n_eval = min(int(s.eval_images), len(x_raw) // 2)
-    x_eval, x_fit = x_raw[order[:n_eval]], x_raw[order[n_eval:]]
-    mask0 = np.asarray(mask, np.float32).reshape(x_raw.shape[1:3])
-    pattern0 = np.asarray(pattern, np.float32).reshape(x_raw.shape[1:])
+    x_eval, x_fit, rng = _split(x_raw, y, label, seed, s)
+    mask0 = np.asarray(mask, np.float32).reshape(x_fit.shape[1:3])
+    pattern0 = np.asarray(pattern, np.float32).reshape(x_fit.shape[1:])
     peeler = peeler or _Peeler(victim, x_fit, mode, s)
     pruned = None
     if float(s.prune_ratio) > 0:
-        prune_rng = np.random.default_rng([int(seed), int(label), 0x9A0E])  # peeling's draws stay as they were
-        mask0, pattern0, pruned = _prune(peeler, x_eval, label, mask0, pattern0, prune_rng, s)
+        mask0, pattern0, pruned = _prune(peeler, x_eval, label, mask0, pattern0, _prune_rng(seed, label), s)
     l1_first = float(np.sum(mask0, dtype=np.float64))
     limit = s.max_growth * l1_first if natural_l1 is None else s.natural_fraction * float(natural_l1)
     best_mask, best_pattern = mask0.copy(), pattern0.copy()
@@ -260,6 +251,37 @@ def complete_trigger(victim, x_raw: np.ndarray, mode: str, label: int, mask, pat
         forbidden |= support(m, s.support_level)
     return Completion(label=int(label), mask=best_mask, pattern=best_pattern, rounds=rounds, stop=stop,
                       prune=pruned)
+
+
+def _split(x_raw: np.ndarray, y, label: int, seed: int, s: CompletionSettings) -> tuple:
+    """Clean images of labels other than ``label`` -> ``(x_eval, x_fit, rng)``: the held-out images
+    a trigger's attack success is measured on, the images the searches fit on, and the rng the
+    split drew from (peeling draws its batches from it next)."""
+    x_raw = np.asarray(x_raw, np.float32)
+    if y is not None:
+        x_raw = x_raw[np.asarray(y) != int(label)]
+    if len(x_raw) < 4:
+        raise TaborError(f"completion of label {label} needs at least 4 clean images of other labels")
+    rng = np.random.default_rng([int(seed), int(label), 0xC0DE])
+    order = rng.permutation(len(x_raw))
+    n_eval = min(int(s.eval_images), len(x_raw) // 2)
+    return x_raw[order[:n_eval]], x_raw[order[n_eval:]], rng
+
+
+def _prune_rng(seed: int, label: int) -> np.random.Generator:
+    """The pruning search's own draws (peeling's stay as they were without pruning)."""
+    return np.random.default_rng([int(seed), int(label), 0x9A0E])
+
+
+def prune_trigger(victim, x_raw: np.ndarray, mode: str, label: int, mask, pattern, *,
+                  settings: Optional[CompletionSettings] = None, seed: int = 0, y=None) -> tuple:
+    """Only the pruning step of ``complete_trigger``, on the same images and draws ->
+    ``(mask [H,W], pattern [H,W,C], record)`` (see ``_prune``)."""
+    s = settings or CompletionSettings()
+    x_eval, x_fit, _ = _split(x_raw, y, label, seed, s)
+    mask0 = np.asarray(mask, np.float32).reshape(x_fit.shape[1:3])
+    pattern0 = np.asarray(pattern, np.float32).reshape(x_fit.shape[1:])
+    return _prune(_Peeler(victim, x_fit, mode, s), x_eval, label, mask0, pattern0, _prune_rng(seed, label), s)
 
 
 def _prune(peeler: _Peeler, x_eval: np.ndarray, label: int, mask0: np.ndarray, pattern0: np.ndarray,
