@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import time
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -458,7 +459,11 @@ def run_scan(
             **({"strategy": execution.strategy} if key == "tabor" else {}),
         )
     # outside the strategy's scope, on the plain float32 model: one label at a time needs no replicas
+    completion_started = time.perf_counter()
     _complete(result, victim, prepared, completion_rounds, seed, progress, deadline)
+    phases = result.settings.setdefault("phase_seconds", {})
+    phases["completion"] = round(time.perf_counter() - completion_started, 3)
+    result.seconds += phases["completion"]  # the report's seconds cover the whole scan
     result.label_selection = label_selection
     reason = low_accuracy_reason(prepared.check)
     if reason:

@@ -86,6 +86,8 @@ def test_scan_clean_exits_0_and_json(tiny_clean_victim, tmp_path, capsys):
     assert json.loads(captured.out) == report  # --json: stdout is exactly report.json
     assert captured.err == ""  # --quiet: no progress, no summary
     assert report["settings"]["steps"] == preset("fast").steps and report["settings"]["preset"] == "fast"
+    phases = report["settings"]["phase_seconds"]  # where the scan's time went, completion included
+    assert {"search", "scoring", "confirmation", "completion"} <= set(phases) and sum(phases.values()) <= report["seconds"] + 0.01  # ms rounding
     parts = report["labels"][0]["parts"]
     for key in ("A", "sparsity", "smoothness", "attack", "crop", "explanation"):
         assert key in parts

@@ -42,6 +42,11 @@ def test_infected_model_flags_its_target(tiny_infected_victim):
         json.dumps(r.summary())
     assert res.settings["preset"] == "fast" and res.settings["seed"] == SEED
     assert res.settings["image_steps"] > 0 and res.clean_accuracy > 0.9
+    # where the time went: every phase timed, the phases within the scan's wall time, the search the largest
+    phases = res.settings["phase_seconds"]
+    assert set(phases) == {"preparation", "search", "scoring", "confirmation"}
+    assert all(v >= 0 for v in phases.values()) and sum(phases.values()) <= res.seconds + 0.01
+    assert phases["search"] > 0 and phases["confirmation"] > 0  # target 7 was confirmed from fresh starts
     assert events and events[-1].labels_done == 10 and {e.method for e in events} == {METHOD}
 
 

@@ -281,6 +281,7 @@ def scan(victim, data, *, preprocess: str, labels: Optional[Sequence[int]] = Non
     chosen = scan_labels(int(victim.num_classes), labels)
     y_ref, clean_acc, y_source = reference_labels(victim, x, y, mode)
     notes = []
+    phases = {"preparation": time.perf_counter() - started}
     fingerprint = _fingerprint(victim, x, mode, config, seed, chosen)
     result = load_triggers(checkpoint_dir, fingerprint) if checkpoint_dir else None
     if result is not None:
@@ -297,11 +298,14 @@ def scan(victim, data, *, preprocess: str, labels: Optional[Sequence[int]] = Non
         if checkpoint_dir and not result.time_limited:  # a cut search stays resumable, never reused as done
             save_triggers(checkpoint_dir, result, fingerprint)
             state_path.unlink(missing_ok=True)
+    phases["search"] = time.perf_counter() - started - sum(phases.values())
     scores = score_triggers(victim, x, y_ref, result, config, mode, seed)
     a_values = [p["A"] for p in scores]
     mad = mad_test(a_values, chosen, threshold=decision_threshold(config, len(chosen)),
                    side=mad_side(config, len(chosen)))
+    phases["scoring"] = time.perf_counter() - started - sum(phases.values())
     mad, confirmation = _confirm(victim, x, y_ref, config, mode, seed, mad, strategy, result, deadline, notes)
+    phases["confirmation"] = time.perf_counter() - started - sum(phases.values())
     label_results = []
     for i, lab in enumerate(chosen):
         parts = dict(scores[i])
@@ -322,7 +326,8 @@ def scan(victim, data, *, preprocess: str, labels: Optional[Sequence[int]] = Non
     settings = dict(config.to_dict(), seed=int(seed), labels=chosen, preprocess=mode, reference_labels=y_source,
                     eval_images_used=int(min(len(x), config.eval_images)), image_steps=int(result.image_steps),
                     optimise_seconds=float(result.wall_seconds),
-                    images_per_second=float(result.images_per_second))
+                    images_per_second=float(result.images_per_second),
+                    phase_seconds={k: round(float(v), 3) for k, v in phases.items()})
     time_limited = None
     if result.time_limited:
         cut = sum(r == TIME_BUDGET for r in result.stop_reasons)
