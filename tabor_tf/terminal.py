@@ -225,13 +225,20 @@ def summary_lines(report: dict, report_path: Optional[str] = None, html_path: Op
         *_completion_lines(report),
         f"clean accuracy   {'unknown' if acc is None else f'{100 * float(acc):.1f}%'}"
         f"  (preprocessing {prep.get('mode', '?')})",
-        f"time             {human_duration(float(report.get('seconds', 0.0)))}",
+        f"time             {human_duration(float(report.get('seconds', 0.0)))}{_phase_text(report)}",
     ]
     if report_path:
         lines.append(f"report           {report_path}")
     if html_path:
         lines.append(f"html report      {html_path}")
     return lines
+
+
+def _phase_text(report: dict) -> str:
+    """Where the time went (``settings.phase_seconds``), the phases that took a second or more."""
+    phases = (report.get("settings") or {}).get("phase_seconds") or {}
+    shown = [f"{name} {human_duration(float(v))}" for name, v in phases.items() if float(v) >= 1.0]
+    return f"  ({', '.join(shown)})" if shown else ""
 
 
 def _completion_lines(report: dict) -> list:

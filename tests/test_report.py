@@ -247,3 +247,16 @@ def test_a_confirmed_scan_reports_the_index_its_verdict_stands_on(tmp_path):
     assert report_anomaly_index(old) == pytest.approx(report["anomaly_index"])
     plain = build_report(scan_result(INFECTED), context())  # no confirmation: the first start's, no extra key
     assert plain["first_start_anomaly_index"] is None and report_anomaly_index(plain) == plain["anomaly_index"]
+
+
+def test_the_summary_says_where_the_time_went():
+    from tabor_tf.terminal import summary_lines
+
+    report = build_report(scan_result(CLEAN), context())
+    report["seconds"] = 75.2
+    report["settings"]["phase_seconds"] = {"preparation": 0.4, "search": 50.1, "scoring": 12.0,
+                                           "confirmation": 0.0, "completion": 12.7}
+    time_line = next(line for line in summary_lines(report) if line.startswith("time"))
+    assert time_line.endswith("1 min 15 s  (search 50.1 s, scoring 12.0 s, completion 12.7 s)")
+    del report["settings"]["phase_seconds"]  # reports written before the field existed
+    assert next(line for line in summary_lines(report) if line.startswith("time")).endswith("1 min 15 s")
