@@ -14,14 +14,17 @@ def stamp(x, mask, pattern):
 
 
 def stamp_all(x, masks, patterns):
-    """Stamp each of ``K`` triggers on the same batch.
+    """Stamp each of ``K`` triggers on the same batch, or each on its own batch.
 
-    ``x [B,H,W,C]``, ``masks [K,H,W,1]``, ``patterns [K,H,W,C]`` -> ``[K, B, H, W, C]``.
+    ``x [B,H,W,C]`` (one batch for all) or ``[K,B,H,W,C]`` (a batch per trigger), ``masks [K,H,W,1]``,
+    ``patterns [K,H,W,C]`` -> ``[K, B, H, W, C]``.
     """
     import tensorflow as tf  # here, so the zoo builder (numpy arrays) also runs under other Keras backends
 
     x = tf.convert_to_tensor(x)
-    return x[None] * (1.0 - masks[:, None]) + (masks * patterns)[:, None]
+    if x.shape.rank == 4:
+        x = x[None]
+    return x * (1.0 - masks[:, None]) + (masks * patterns)[:, None]
 
 
 def crop_trigger(x, mask):

@@ -248,13 +248,14 @@ TWO_REPLICAS = textwrap.dedent("""
             "flagged": [a.flagged_labels, b.flagged_labels],
             "index": [a.mad.anomaly_index, b.mad.anomaly_index],
         }
-    # the engine alone, with batch shares that do not split evenly (7 = 3 + 4) or not at all (1 < 2)
+    # the engine alone, with batch shares that do not split evenly (7 = 3 + 4) or not at all (1 < 2),
+    # and two batch orders (start_seeds, as the fresh-start confirmation runs)
     sys.path.insert(0, sys.argv[3])
     from test_tabor_engine import ConvVictim, cfg, data
     from tabor_tf.tabor.engine import TriggerEngine
     x, y = data()
     engines = [TriggerEngine(ConvVictim().logits, x, y, [0, 2, 4], cfg(steps=9, batch_size=7, blocking_batch_size=1),
-                             preprocess="unit", seed=3, strategy=make_execution(name).strategy)
+                             preprocess="unit", seed=3, strategy=make_execution(name).strategy, start_seeds=[3, 3, 5])
                for name in ("default", "mirrored")]
     a, b = (e.run() for e in engines)
     copies = [v.numpy() for v in engines[1].m_t.values]

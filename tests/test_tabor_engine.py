@@ -1,8 +1,10 @@
 """The all-labels TABOR engine: batching, chunking, dropping labels, Adam, strategies."""
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
+from tabor_tf.errors import TaborError
 from tabor_tf.tabor import preset
 from tabor_tf.tabor.engine import BatchOrder, TriggerEngine, adam_update, plan_chunks
 
@@ -94,6 +96,23 @@ def test_batched_equals_per_label_and_chunking_changes_nothing():
     assert not np.allclose(together.masks[0], together.masks[1], atol=1e-2)
 
 
+def test_several_starts_of_one_label_run_as_one_search():
+    """The fresh-start confirmation's layout: label 2 twice, from seeds 3 and 4 (initial trigger and
+    batch order each). Each start is the search that seed runs alone; the starts differ."""
+    config = cfg()
+    x, y = data()
+    both = TriggerEngine(ConvVictim().logits, x, y, [2, 2, 4], config, preprocess="unit", seed=3,
+                         start_seeds=[3, 4, 4]).run()
+    for i, (label, seed) in enumerate(((2, 3), (2, 4), (4, 4))):
+        _, alone = run([label], config, seed=seed)
+        np.testing.assert_allclose(both.masks[i], alone.masks[0], atol=2e-4)
+        np.testing.assert_allclose(both.patterns[i], alone.patterns[0], atol=0.05)
+        assert both.steps[i] == alone.steps[0] and both.stop_reasons[i] == alone.stop_reasons[0]
+    assert both.labels == [2, 2, 4] and not np.allclose(both.masks[0], both.masks[1], atol=1e-2)
+    with pytest.raises(TaborError, match="one seed per label position"):
+        TriggerEngine(ConvVictim().logits, x, y, [2, 2], config, preprocess="unit", seed=3, start_seeds=[3])
+
+
 def test_a_dropped_label_is_frozen_while_the_others_continue():
     config = cfg(steps=9)
     engine, _ = None, None
@@ -159,6 +178,23 @@ def test_a_saved_state_resumes_to_the_uninterrupted_result(tmp_path):
     # the finished state is on disk too: loading it again needs no more steps
     done = TriggerEngine(ConvVictim().logits, x, y, [0, 1, 2], config, preprocess="unit", seed=3)
     assert done.load_state(path, fingerprint="abc") and done.steps_done == 15
+
+
+def test_a_saved_state_with_several_batch_orders_resumes_every_order(tmp_path):
+    config = cfg(steps=12, round_steps=3, stability_epsilon=0.0, stability_floor=0.0)
+    x, y = data()
+
+    def engine(seeds=(3, 4)):
+        return TriggerEngine(ConvVictim().logits, x, y, [1, 1], config, preprocess="unit", seed=3, start_seeds=seeds)
+
+    whole = engine().run()
+    first = engine()
+    first.run_round()
+    first.run_round()
+    path = first.save_state(tmp_path / "state.npz", fingerprint="abc")
+    assert not engine(seeds=(3, 3)).load_state(path, fingerprint="abc")  # one batch order where there were two
+    resumed = engine().run(checkpoint_path=path, fingerprint="abc")
+    np.testing.assert_array_equal(resumed.masks, whole.masks)  # both starts continue their own batch order
 
 
 class SlowVictim(ConvVictim):

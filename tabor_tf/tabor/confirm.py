@@ -2,7 +2,8 @@
 
 A low outlier of A can be a real trigger or the least-bad natural feature that one initialisation
 and batch order happened to find. After the MAD test, every flagged label is optimised again
-from ``confirm_seeds`` fresh starts (another seed: another initial trigger and batch order), the
+from ``confirm_seeds`` fresh starts (another seed: another initial trigger and batch order;
+the starts run together as one search), the
 new triggers are scored with the same metric, and each new A is placed on the first run's median
 and MAD. A label stays flagged only when its index averaged over the first run and the fresh
 starts still exceeds the threshold: the flagged labels were selected for a low A, so their first
@@ -65,16 +66,25 @@ def decide(mad: MadResult, repeats: dict) -> tuple:
 def run_confirmation(victim, x, y_ref, config, mode: str, seed: int, mad: MadResult, *, strategy=None,
                      score=None) -> Optional[dict]:
     """Re-optimise ``mad.flagged_labels`` from ``config.confirm_seeds`` fresh starts -> label -> [A]
-    (None when there is nothing to confirm). ``score(engine_result) -> [A]`` scores triggers."""
+    (None when there is nothing to confirm). ``score(engine_result) -> [A]`` scores triggers.
+
+    All fresh starts of all flagged labels run as one search (``TriggerEngine(start_seeds=...)``:
+    one compiled step, every start's images in one forward pass): start ``j`` takes its initial
+    trigger and its batch order from seed ``seed + 1 + j``, so it is the search a scan with that
+    seed would run for the label (up to float noise), as when each seed ran alone. One search
+    instead of one per seed halves the confirmation's wall time on a CPU, where a step of one or
+    two labels is dominated by per-step overhead and each new search compiles its step
+    (``benchmarks/confirm_speed.py``)."""
     from .engine import TriggerEngine
 
     labels = list(mad.flagged_labels)
     if not labels or int(config.confirm_seeds) <= 0:
         return None
+    seeds = confirm_seeds(seed, int(config.confirm_seeds))
+    starts = [lab for _ in seeds for lab in labels]
+    engine = TriggerEngine(victim.logits, x, y_ref, starts, config, preprocess=mode, seed=seeds[0],
+                           strategy=strategy, start_seeds=[s for s in seeds for _ in labels])
     out = {lab: [] for lab in labels}
-    for fresh in confirm_seeds(seed, int(config.confirm_seeds)):
-        engine = TriggerEngine(victim.logits, x, y_ref, labels, config, preprocess=mode, seed=fresh,
-                               strategy=strategy)
-        for lab, a in zip(labels, score(engine.run())):
-            out[lab].append(float(a))
+    for lab, a in zip(starts, score(engine.run())):  # seed by seed, so each list is in seed order
+        out[lab].append(float(a))
     return out

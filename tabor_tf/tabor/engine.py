@@ -17,6 +17,8 @@ converged labels from the batch (gathering the active subset) never disturbs the
 and running labels ``[a, b, c]`` together gives the masks of running each alone (same seed) up to
 float noise. Each label's initialisation is seeded by ``(seed, label)``; the batch order by
 ``seed`` alone and shared by all labels, so it does not depend on which labels run together.
+With ``start_seeds`` a position takes its own seed for both, and the step gathers each label's
+rows of one batch per distinct seed (the fresh starts of the confirmation run this way).
 
 Chunks: the active labels are split so that one forward pass holds at most
 ``max_images_per_step`` images, and each chunk is padded (with copies of its first label, whose
@@ -51,6 +53,7 @@ import numpy as np
 import tensorflow as tf
 
 from tabor_tf import trigger_vars
+from tabor_tf.errors import TaborError
 from tabor_tf.preprocess import preprocess as preprocess_fn
 from tabor_tf.progress import ProgressFn, emit
 from tabor_tf.stamping import crop_trigger, stamp_all, trigger_only
@@ -178,12 +181,16 @@ class TriggerEngine:
 
     ``logits_fn(x_model_domain [N,H,W,C]) -> [N,K]`` (traceable, e.g. ``victim.logits``);
     ``x_raw [N,H,W,C]`` clean images raw 0..255; ``y_ref [N]`` the true class of each image (or
-    the model's own prediction on it) for R3; ``labels`` the candidate targets.
+    the model's own prediction on it) for R3; ``labels`` the candidate targets (a label may appear
+    more than once). ``start_seeds``: one seed per position of ``labels`` for its initial trigger
+    and its batch order (default ``seed`` for all); each position then follows exactly the search
+    it would follow alone with its seed (up to float noise), so several starts of one label run as
+    one search: the fresh-start confirmation (``confirm.py``).
     """
 
     def __init__(self, logits_fn: Callable, x_raw: np.ndarray, y_ref: np.ndarray, labels: Sequence[int],
                  config: TaborConfig, *, preprocess: str, seed: int = 0, strategy=None,
-                 record_kept: bool = False):
+                 record_kept: bool = False, start_seeds: Optional[Sequence[int]] = None):
         self.logits_fn = logits_fn
         self.config = config
         self.mode = preprocess
@@ -199,10 +206,16 @@ class TriggerEngine:
         self.images_per_label = self.batch_size + self.blocking + 1
         self.labels_per_chunk = max(1, int(config.max_images_per_step) // self.images_per_label)
         self.settings = aug.settings_from_config(config)
-        self.order = BatchOrder(n, self.batch_size, self.seed)
         k = len(self.labels)
-        inits = [initial_trigger(label_rng(self.seed, lab), self.grid, self.shape, config.mask_init_max,
-                                 config.tanh_clip) for lab in self.labels]
+        starts = [self.seed] * k if start_seeds is None else [int(v) for v in start_seeds]
+        if len(starts) != k:
+            raise TaborError(f"start_seeds needs one seed per label position ({k}), got {len(starts)}")
+        order_seeds = list(dict.fromkeys(starts))  # one batch order per distinct seed, first seen first
+        self.orders = [BatchOrder(n, self.batch_size, s) for s in order_seeds]
+        self.order = self.orders[0]
+        self.order_of = tf.constant(np.asarray([order_seeds.index(s) for s in starts], np.int32))
+        inits = [initial_trigger(label_rng(start, lab), self.grid, self.shape, config.mask_init_max,
+                                 config.tanh_clip) for start, lab in zip(starts, self.labels)]
         m0 = np.stack([i[0] for i in inits])
         p0 = np.stack([i[1] for i in inits])
         with self.strategy.scope():
@@ -247,7 +260,7 @@ class TriggerEngine:
         self.steps_of = np.zeros(k, np.int64)  # optimisation steps each label ran
         self.elapsed = 0.0  # optimisation seconds before this process (restored checkpoints)
         spec = [tf.TensorSpec([None], tf.int32), tf.TensorSpec([], tf.int32),
-                tf.TensorSpec([self.batch_size], tf.int32)]
+                tf.TensorSpec([len(self.orders), self.batch_size], tf.int32)]
         self._step = tf.function(self._distributed_step, input_signature=spec)
 
     # ----- trigger tensors ----------------------------------------------------------------------
@@ -288,14 +301,17 @@ class TriggerEngine:
         mask = self._mask_values(m_t)
         pattern = trigger_vars.pattern_from_tanh(p_t)
         n = tf.shape(m_t)[0]
-        b = x.shape[0] if x.shape[0] is not None else tf.shape(x)[0]  # static on one replica
+        own = x.shape.rank == 5  # [n,b,H,W,C]: each label its own images (several batch orders)
+        axis = 1 if own else 0
+        b = x.shape[axis] if x.shape[axis] is not None else tf.shape(x)[axis]  # static on one replica
         w_att, w_block, w_rest = weights
         if x_block is None:
-            x_block, y = x[: self.blocking], y[: self.blocking]
-        b3 = x_block.shape[0] if x_block.shape[0] is not None else tf.shape(x_block)[0]
+            x_block, y = (x[:, : self.blocking], y[:, : self.blocking]) if own else (x[: self.blocking], y[: self.blocking])
+        b3 = x_block.shape[axis] if x_block.shape[axis] is not None else tf.shape(x_block)[axis]
         pieces = [tf.reshape(stamp_all(x, mask, pattern), [-1, h, w, c])]
         if self.blocking > 0:
-            pieces.append(tf.reshape(crop_trigger(x_block[None], mask[:, None]), [-1, h, w, c]))
+            blocked = x_block if own else x_block[None]
+            pieces.append(tf.reshape(crop_trigger(blocked, mask[:, None]), [-1, h, w, c]))
         pieces.append(trigger_only(mask, pattern))
         x_model = preprocess_fn(tf.concat(pieces, axis=0), self.mode)
         logits = tf.cast(self.logits_fn(x_model), tf.float32)  # a float16 twin (distribute) casts back
@@ -321,7 +337,11 @@ class TriggerEngine:
         replica = tf.cast(ctx.replica_id_in_sync_group, tf.int32) if replicas > 1 else 0
         a0, a1, w_att = self._share(self.batch_size, replicas, replica)
         k0, k1, w_block = self._share(self.blocking, replicas, replica)
-        att, block = batch[a0:a1], batch[:self.blocking][k0:k1]
+        if len(self.orders) > 1:  # each label's rows of the batch: [n, batch_size]
+            rows = tf.gather(batch, tf.gather(self.order_of, idx))
+            att, block = rows[:, a0:a1], rows[:, :self.blocking][:, k0:k1]
+        else:
+            att, block = batch[0][a0:a1], batch[0][:self.blocking][k0:k1]
         targets = tf.gather(self.targets, idx)
         lambdas = tf.gather(self.lambdas, idx)
         m_t = tf.gather(self.m_t, idx)
@@ -379,7 +399,7 @@ class TriggerEngine:
         for _ in range(steps):
             if out_of_time is not None and out_of_time(per_step):
                 break
-            batch = tf.constant(self.order.next())
+            batch = tf.constant(np.stack([order.next() for order in self.orders]))
             for padded, n_real in chunk_tensors:
                 self._step(padded, n_real, batch)
             taken += 1
@@ -459,12 +479,15 @@ class TriggerEngine:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         rng_state, buffer = self.order.get_state()
+        more = [order.get_state() for order in self.orders[1:]]  # the other batch orders (start_seeds)
         arrays = {f"var_{k}": v.numpy() for k, v in self._variables().items()}
         arrays.update({f"aug_{k}": np.asarray(v.numpy() if hasattr(v, "numpy") else v)
                        for k, v in self.state._asdict().items()})
         meta = {"fingerprint": fingerprint, "labels": self.labels, "steps_done": int(self.steps_done),
                 "image_steps": int(self.image_steps), "rounds_done": int(self.rounds_done),
-                "rng_state": rng_state, "history": self.history, "elapsed": float(self.elapsed)}
+                "rng_state": rng_state, "more_rng_states": [state for state, _ in more],
+                "history": self.history, "elapsed": float(self.elapsed)}
+        arrays.update({f"order_buffer_{g + 1}": buf for g, (_, buf) in enumerate(more)})
         arrays.update(best_terms=self.best_terms, retired=self.retired, score_log=self.score_log,
                       screened=self.screened, screen_done=np.array(self.screen_done),
                       stopped_at=self.stopped_at,
@@ -485,7 +508,8 @@ class TriggerEngine:
         try:
             with np.load(path, allow_pickle=False) as z:
                 meta = json.loads(str(z["meta"]))
-                if meta.get("fingerprint") != fingerprint or meta.get("labels") != self.labels:
+                if meta.get("fingerprint") != fingerprint or meta.get("labels") != self.labels \
+                        or len(meta.get("more_rng_states", [])) != len(self.orders) - 1:
                     return False
                 arrays = {k: z[k] for k in z.files}
         except (OSError, ValueError, KeyError):
@@ -501,6 +525,8 @@ class TriggerEngine:
         self.stopped_at = arrays["stopped_at"].astype(np.float64)
         self.steps_of = arrays["steps_of"].astype(np.int64)
         self.order.set_state(meta["rng_state"], arrays["order_buffer"])
+        for g, order in enumerate(self.orders[1:]):
+            order.set_state(meta["more_rng_states"][g], arrays[f"order_buffer_{g + 1}"])
         self.steps_done, self.image_steps = int(meta["steps_done"]), int(meta["image_steps"])
         self.rounds_done, self.history = int(meta["rounds_done"]), list(meta["history"])
         self.elapsed = float(meta["elapsed"])

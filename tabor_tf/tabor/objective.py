@@ -65,8 +65,10 @@ def attack_loss(logits, targets):
 
 
 def blocking_loss(logits, y_true):
-    """R3 before its lambda: mean ``CE(f(x (1-M)), y_true)``; ``logits [n,B,K]``, ``y_true [B]`` -> ``[n]``."""
-    y = tf.broadcast_to(tf.cast(y_true, tf.int32)[None, :], tf.shape(logits)[:2])
+    """R3 before its lambda: mean ``CE(f(x (1-M)), y_true)``; ``logits [n,B,K]``, ``y_true [B]`` (the
+    same images for every label) or ``[n,B]`` (each label its own) -> ``[n]``."""
+    y = tf.cast(y_true, tf.int32)
+    y = tf.broadcast_to(y[None, :] if y.shape.rank == 1 else y, tf.shape(logits)[:2])
     return tf.reduce_mean(sparse_ce(logits, y), axis=1)
 
 
