@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from .report import atomic_write_bytes, detection_limit_text, load_report
+from .terminal import phase_text
 
 HTML_NAME = "report.html"
 FLAGGED_ROW = ' style="color:#c62828;font-weight:600"'
@@ -402,7 +403,8 @@ def render_report_html(report: dict, base_dir) -> str:
                                   + (f"; tried: {acc_text}" if acc_text else "")),
                 ("method", f"{esc(mtitle)}, preset {esc(settings.get('preset', '–'))}"),
                 ("seed", esc(report.get("seed"))),
-                ("time", esc(duration(report.get("seconds")))),
+                ("time", esc(duration(report.get("seconds")))
+                 + (f" ({esc(phase_text(report))})" if phase_text(report) else "")),
                 ("tool", f"tabor-tf {esc(report.get('tool_version', ''))}, schema {esc(report.get('schema_version'))}, "
                          f"{esc(report.get('created', ''))}"),
             ]

@@ -225,7 +225,8 @@ def summary_lines(report: dict, report_path: Optional[str] = None, html_path: Op
         *_completion_lines(report),
         f"clean accuracy   {'unknown' if acc is None else f'{100 * float(acc):.1f}%'}"
         f"  (preprocessing {prep.get('mode', '?')})",
-        f"time             {human_duration(float(report.get('seconds', 0.0)))}{_phase_text(report)}",
+        f"time             {human_duration(float(report.get('seconds', 0.0)))}"
+        + (f"  ({phase_text(report)})" if phase_text(report) else ""),
     ]
     if report_path:
         lines.append(f"report           {report_path}")
@@ -234,11 +235,11 @@ def summary_lines(report: dict, report_path: Optional[str] = None, html_path: Op
     return lines
 
 
-def _phase_text(report: dict) -> str:
-    """Where the time went (``settings.phase_seconds``), the phases that took a second or more."""
+def phase_text(report: dict) -> str:
+    """Where the time went (``settings.phase_seconds``): the phases that took a second or more, e.g.
+    ``"search 50.1 s, scoring 12.0 s"``; empty for reports without them."""
     phases = (report.get("settings") or {}).get("phase_seconds") or {}
-    shown = [f"{name} {human_duration(float(v))}" for name, v in phases.items() if float(v) >= 1.0]
-    return f"  ({', '.join(shown)})" if shown else ""
+    return ", ".join(f"{name} {human_duration(float(v))}" for name, v in phases.items() if float(v) >= 1.0)
 
 
 def _completion_lines(report: dict) -> list:

@@ -249,7 +249,8 @@ def test_a_confirmed_scan_reports_the_index_its_verdict_stands_on(tmp_path):
     assert plain["first_start_anomaly_index"] is None and report_anomaly_index(plain) == plain["anomaly_index"]
 
 
-def test_the_summary_says_where_the_time_went():
+def test_the_summary_says_where_the_time_went(tmp_path):
+    from tabor_tf.html_report import write_report_html
     from tabor_tf.terminal import summary_lines
 
     report = build_report(scan_result(CLEAN), context())
@@ -258,5 +259,8 @@ def test_the_summary_says_where_the_time_went():
                                            "confirmation": 0.0, "completion": 12.7}
     time_line = next(line for line in summary_lines(report) if line.startswith("time"))
     assert time_line.endswith("1 min 15 s  (search 50.1 s, scoring 12.0 s, completion 12.7 s)")
+    write_report_html(tmp_path, report)
+    assert "1 min 15 s (search 50.1 s, scoring 12.0 s, completion 12.7 s)" in (tmp_path / "report.html").read_text(
+        encoding="utf-8")
     del report["settings"]["phase_seconds"]  # reports written before the field existed
     assert next(line for line in summary_lines(report) if line.startswith("time")).endswith("1 min 15 s")
