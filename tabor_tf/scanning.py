@@ -461,7 +461,8 @@ def run_scan(
     # outside the strategy's scope, on the plain float32 model: one label at a time needs no replicas
     completion_started = time.perf_counter()
     _complete(result, victim, prepared, completion_rounds, seed, progress, deadline)
-    phases = result.settings.setdefault("phase_seconds", {})
+    # TABOR times its own phases; a detector that does not is one search phase (Neural Cleanse)
+    phases = result.settings.setdefault("phase_seconds", {"search": round(float(result.seconds), 3)})
     phases["completion"] = round(time.perf_counter() - completion_started, 3)
     result.seconds += phases["completion"]  # the report's seconds cover the whole scan
     result.label_selection = label_selection

@@ -74,6 +74,9 @@ def test_scan_infected_exits_1(tiny_infected_victim, tmp_path, capsys):
     assert v.targets[0] in report["flagged_labels"]
     assert "INFECTED" in captured.out and "report.json" in captured.out
     assert f"preprocess   {v.preprocess}" in captured.err  # the chosen preprocessing is shown before the scan
+    phases = report["settings"]["phase_seconds"]  # Neural Cleanse: its search, then the completion of its flags
+    assert set(phases) == {"search", "completion"} and phases["search"] > 0 and phases["completion"] > 0
+    assert sum(phases.values()) <= report["seconds"] + 0.01
 
 
 def test_scan_clean_exits_0_and_json(tiny_clean_victim, tmp_path, capsys):
