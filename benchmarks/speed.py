@@ -2,7 +2,7 @@
 
     python benchmarks/speed.py --model /work/runs/zoo-gtsrb/square-br-4 [--data GTSRB.npz | synthetic]
         [--images 1000] [--preprocess unit] [--preset gtsrb] [--set KEY=VALUE ...] [--skip-nc] [--labels N]
-        [--only raw,engine,tabor-full,tabor-scheduled,tabor-two-stage,nc] [--out speed.json]
+        [--only raw,raw-xla,engine,tabor-full,tabor-scheduled,tabor-two-stage,nc] [--out speed.json]
 
 Every measurement runs in its own subprocess (running eager code before a ``tf.function`` in the
 same process halved the function's speed on this kind of machine), one after the other:
@@ -10,6 +10,10 @@ same process halved the function's speed on this kind of machine), one after the
 ``raw``              forward + backward throughput of the model alone (gradient of the summed
                      logits w.r.t. the input) on a batch as large as one engine step for all
                      labels (``labels x (batch + blocking batch + 1)`` images): the limit.
+``raw-xla``          the same compiled by XLA (``jit_compile=True``); its ratio to ``raw`` comes out
+                     under ``xla_to_raw_ratio`` (on this project's 2-core CPU box, 2026-12-07: 0.56
+                     for 6 Conv, 0.54 for the ResNet, 0.06 for the MobileNet; the engine stays on
+                     TensorFlow's default kernels, docs/TABOR_CHOICES.md).
 ``engine``           the TABOR engine's stamped images/s over a few rounds with every label active
                      (after one round of tracing), and its ratio to ``raw``.
 ``tabor-full``       a whole TABOR scan (all labels, ``scheduler=none``): wall, optimisation time,
@@ -38,7 +42,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
-MODES = ("raw", "engine", "tabor-full", "tabor-scheduled", "tabor-two-stage", "nc")
+MODES = ("raw", "raw-xla", "engine", "tabor-full", "tabor-scheduled", "tabor-two-stage", "nc")
 SCHEDULER_OF = {"tabor-full": "none", "tabor-scheduled": "retire", "tabor-two-stage": "two-stage"}
 GTSRB = "/work/shared/data/gtsrb/gtsrb-32x32.npz"
 
@@ -81,7 +85,7 @@ def _worker(args) -> dict:
 
     victim, x, y, mode = _load(args)
     labels = list(range(int(victim.num_classes)))[: args.labels or None]
-    if args.worker == "raw":
+    if args.worker in ("raw", "raw-xla"):
         from tabor_tf.preprocess import preprocess as preprocess_fn
         from tabor_tf.tabor.engine import plan_chunks
 
@@ -92,7 +96,7 @@ def _worker(args) -> dict:
         n = len(chunk[0]) * per_label
         batch = tf.constant(np.resize(x, (n, *x.shape[1:])))
 
-        @tf.function
+        @tf.function(jit_compile=args.worker == "raw-xla")
         def step(v):
             with tf.GradientTape() as tape:
                 tape.watch(v)
@@ -198,6 +202,8 @@ def main(argv=None) -> int:
     r = out["results"]
     if "images_per_second" in r.get("raw", {}) and "images_per_second" in r.get("engine", {}):
         out["engine_to_raw_ratio"] = r["engine"]["images_per_second"] / r["raw"]["images_per_second"]
+    if "images_per_second" in r.get("raw", {}) and "images_per_second" in r.get("raw-xla", {}):
+        out["xla_to_raw_ratio"] = r["raw-xla"]["images_per_second"] / r["raw"]["images_per_second"]
     full = r.get("tabor-full", {})
     for mode, key in (("tabor-scheduled", "scheduled_vs_full"), ("tabor-two-stage", "two_stage_vs_full")):
         other = r.get(mode, {})

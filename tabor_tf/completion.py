@@ -103,54 +103,77 @@ def support(mask, level: float) -> np.ndarray:
 
 
 class _Peeler:
-    """One compiled search of a single label's trigger with some pixels forbidden (mask fixed at 0)."""
+    """Compiled searches of single-label triggers with some pixels forbidden (mask fixed at 0).
 
-    def __init__(self, victim, x_raw: np.ndarray, mode: str, settings: CompletionSettings):
+    ``x_fits``: one array of images ``[N, H, W, C]`` (raw 0..255) per *slot*; ``search_many`` runs
+    one search per slot in lockstep, all in one forward+backward per step (the flagged labels of a
+    scan are completed together: one label's 32 images use a CPU poorly). Each slot has its own
+    mask, pattern, L1 weight, Adam state and batch draws, so a slot's search does not depend on
+    the others' (up to the float rounding of a larger batch). ``search`` is the one-slot form.
+    """
+
+    def __init__(self, victim, x_fits, mode: str, settings: CompletionSettings):
         import tensorflow as tf
 
         from .preprocess import preprocess as preprocess_fn
+        from .stamping import stamp_all
         from .tabor.engine import adam_update
         from .trigger_vars import mask_from_tanh, pattern_from_tanh
 
-        h, w, c = x_raw.shape[1:]
+        if isinstance(x_fits, np.ndarray):
+            x_fits = [x_fits]
+        sizes = [len(x) for x in x_fits]
+        h, w, c = x_fits[0].shape[1:]
+        k = len(x_fits)
         self.settings = settings
-        self.x = tf.constant(np.asarray(x_raw, np.float32))
-        self.m_t = tf.Variable(tf.zeros([h, w, 1]))
-        self.p_t = tf.Variable(tf.zeros([h, w, c]))
-        self.allowed = tf.Variable(tf.ones([h, w, 1]))
-        self.cost = tf.Variable(0.0)
-        self.target = tf.Variable(0, dtype=tf.int32)
+        self.sizes = sizes
+        self.offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+        self.x = tf.constant(np.concatenate([np.asarray(x, np.float32) for x in x_fits]))
+        self.m_t = tf.Variable(tf.zeros([k, h, w, 1]))
+        self.p_t = tf.Variable(tf.zeros([k, h, w, c]))
+        self.allowed = tf.Variable(tf.ones([k, h, w, 1]))
+        self.cost = tf.Variable(tf.zeros([k]))
+        self.target = tf.Variable(tf.zeros([k], tf.int32))
         # Adam's state, reset by every search (a Keras optimizer made per search would not reach the
         # compiled step, which keeps the first one's moments: each search must start afresh)
         self.moments = [(tf.Variable(tf.zeros_like(v)), tf.Variable(tf.zeros_like(v))) for v in (self.m_t, self.p_t)]
-        self.adam_t = tf.Variable([0.0])
-        self._mask = lambda: mask_from_tanh(self.m_t) * self.allowed
-        self._pattern = lambda: pattern_from_tanh(self.p_t)
+        self.adam_t = tf.Variable(tf.zeros([k]))
+        self._masks = lambda: mask_from_tanh(self.m_t) * self.allowed
+        self._patterns = lambda: pattern_from_tanh(self.p_t)
 
-        def step(idx):
-            xb = tf.gather(self.x, idx)
+        def step(slots, idx):
+            """``slots [A]`` searching now, ``idx [A, B]`` their images (rows of ``self.x``)."""
+            xb = tf.gather(self.x, idx)  # [A, B, H, W, C]
+            m_t, p_t = tf.gather(self.m_t, slots), tf.gather(self.p_t, slots)
             with tf.GradientTape() as tape:
-                mask, pattern = self._mask(), self._pattern()
-                logits = victim.logits(preprocess_fn(stamp(xb, mask, pattern), mode))
-                labels = tf.fill([tf.shape(idx)[0]], self.target)
-                ce = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits))
-                l1 = tf.reduce_sum(mask)
-                loss = ce + self.cost * l1
-            g_m, g_p = tape.gradient(loss, [self.m_t, self.p_t])
-            for var, grad, (m, v) in zip((self.m_t, self.p_t), (g_m, g_p), self.moments):
-                new_var, new_m, new_v, _ = adam_update(var[None], grad[None], m[None], v[None], self.adam_t,
+                tape.watch([m_t, p_t])
+                mask = mask_from_tanh(m_t) * tf.gather(self.allowed, slots)
+                pattern = pattern_from_tanh(p_t)
+                stamped = stamp_all(xb, mask, pattern)  # [A, B, H, W, C]
+                logits = victim.logits(preprocess_fn(tf.reshape(stamped, tf.concat([[-1], tf.shape(xb)[2:]], 0)),
+                                                     mode))
+                logits = tf.reshape(logits, [tf.shape(idx)[0], tf.shape(idx)[1], -1])
+                labels = tf.broadcast_to(tf.gather(self.target, slots)[:, None], tf.shape(idx))
+                ce = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits), 1)
+                l1 = tf.reduce_sum(mask, axis=[1, 2, 3])
+                loss = tf.reduce_sum(ce + tf.gather(self.cost, slots) * l1)  # slots are independent
+            grads = tape.gradient(loss, [m_t, p_t])
+            t = tf.gather(self.adam_t, slots)
+            for var, rows, grad, (m, v) in zip((self.m_t, self.p_t), (m_t, p_t), grads, self.moments):
+                new_var, new_m, new_v, _ = adam_update(rows, grad, tf.gather(m, slots), tf.gather(v, slots), t,
                                                        lr=float(settings.lr), beta_1=0.5, beta_2=0.9)
-                var.assign(new_var[0])
-                m.assign(new_m[0])
-                v.assign(new_v[0])
-            self.adam_t.assign_add([1.0])
-            hits = tf.reduce_mean(tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), labels), tf.float32))
+                var.scatter_nd_update(slots[:, None], new_var)
+                m.scatter_nd_update(slots[:, None], new_m)
+                v.scatter_nd_update(slots[:, None], new_v)
+            self.adam_t.scatter_nd_update(slots[:, None], t + 1.0)
+            hits = tf.reduce_mean(tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), labels), tf.float32), 1)
             return hits, l1
 
         def predict(xb):
             return tf.argmax(victim.logits(preprocess_fn(xb, mode)), -1, output_type=tf.int32)
 
-        self._step = tf.function(step, input_signature=[tf.TensorSpec([None], tf.int32)])
+        self._step = tf.function(step, input_signature=[tf.TensorSpec([None], tf.int32),
+                                                        tf.TensorSpec([None, None], tf.int32)])
         self._predict = tf.function(predict, input_signature=[tf.TensorSpec([None, h, w, c], tf.float32)])
 
     def attack_success(self, x_eval: np.ndarray, label: int, mask, pattern) -> float:
@@ -167,47 +190,74 @@ class _Peeler:
     def search(self, label: int, forbidden: np.ndarray, pattern0: np.ndarray, rng: np.random.Generator,
                mask0: Optional[np.ndarray] = None):
         """``(mask [H,W], pattern [H,W,C], steps)``: the smallest mask seen that sent a whole window of
-        batches to ``label`` (the last mask when none did). ``mask0 [H,W]``: the starting mask
-        (default uniform in [0, 0.1]); mask and pattern start within [-4, 4] in tanh space, where
-        the gradient is not yet vanishing (a near-binary restored mask would otherwise be frozen)."""
+        batches to ``label`` (the last mask when none did), searched in slot 0. ``mask0 [H,W]``: the
+        starting mask (default uniform in [0, 0.1]); mask and pattern start within [-4, 4] in tanh
+        space, where the gradient is not yet vanishing (a near-binary restored mask would otherwise
+        be frozen)."""
+        return self.search_many([_Job(0, label, forbidden, pattern0, rng, mask0)])[0]
+
+    def search_many(self, jobs) -> list:
+        """One search per ``_Job`` (distinct slots), in lockstep -> ``[(mask, pattern, steps)]`` in order."""
         import tensorflow as tf
 
         from .trigger_vars import mask_to_tanh, pattern_to_tanh
 
         s = self.settings
-        h, w = forbidden.shape
-        self.target.assign(int(label))
-        self.allowed.assign((1.0 - forbidden.astype(np.float32))[..., None])
-        start = rng.uniform(0.0, 0.1, size=(h, w, 1)) if mask0 is None else np.asarray(mask0).reshape(h, w, 1)
-        self.m_t.assign(np.clip(mask_to_tanh(np.clip(start, 0.0, 1.0)), -4, 4))
-        self.p_t.assign(np.clip(pattern_to_tanh(np.clip(pattern0, 1.0, 254.0)), -4, 4))
-        self.cost.assign(0.0)
-        for slot in (v for pair in self.moments for v in pair):
-            slot.assign(tf.zeros_like(slot))
-        self.adam_t.assign([0.0])
-        n, bs = int(self.x.shape[0]), min(int(s.batch_size), int(self.x.shape[0]))
-        best, best_l1, window = None, np.inf, []
+        h, w = jobs[0].forbidden.shape
+        slots = np.asarray([j.slot for j in jobs], np.int32)
+        for j in jobs:
+            start = j.rng.uniform(0.0, 0.1, size=(h, w, 1)) if j.mask0 is None else np.asarray(j.mask0).reshape(h, w, 1)
+            self.target[j.slot].assign(int(j.label))
+            self.allowed[j.slot].assign((1.0 - j.forbidden.astype(np.float32))[..., None])
+            self.m_t[j.slot].assign(np.clip(mask_to_tanh(np.clip(start, 0.0, 1.0)), -4, 4))
+            self.p_t[j.slot].assign(np.clip(pattern_to_tanh(np.clip(j.pattern0, 1.0, 254.0)), -4, 4))
+            self.cost[j.slot].assign(0.0)
+            for slot_vars in (v for pair in self.moments for v in pair):
+                slot_vars[j.slot].assign(tf.zeros_like(slot_vars[j.slot]))
+            self.adam_t[j.slot].assign(0.0)
+        bs = min([int(s.batch_size)] + [self.sizes[j.slot] for j in jobs])
+        best = [None] * len(jobs)
+        best_l1 = np.full(len(jobs), np.inf)
+        window = np.zeros((len(jobs), 5))
         for step in range(int(s.steps)):
-            idx = rng.choice(n, size=bs, replace=False).astype(np.int32)
-            hits, l1 = self._step(tf.constant(idx))
-            window.append(float(hits))
-            if len(window) == 5:
-                ok = float(np.mean(window)) >= s.search_threshold
-                cost = float(self.cost.numpy())
-                if ok and float(l1) < best_l1:
-                    best_l1 = float(l1)
-                    best = (self._mask().numpy()[..., 0], self._pattern().numpy())
-                self.cost.assign((s.init_cost if cost == 0 else cost * 1.5) if ok else cost / 1.5 ** 1.5)
-                window = []
-        if best is None:
-            best = (self._mask().numpy()[..., 0], self._pattern().numpy())
-        return best[0].astype(np.float32), best[1].astype(np.float32), int(s.steps)
+            idx = np.stack([j.rng.choice(self.sizes[j.slot], size=bs, replace=False) + self.offsets[j.slot]
+                            for j in jobs]).astype(np.int32)
+            hits, l1 = self._step(tf.constant(slots), tf.constant(idx))
+            window[:, step % 5] = hits.numpy()
+            if step % 5 == 4:
+                l1 = l1.numpy()
+                cost = self.cost.numpy()[slots]
+                ok = window.mean(axis=1) >= s.search_threshold
+                better = np.flatnonzero(ok & (l1 < best_l1))
+                if len(better):
+                    masks, patterns = self._masks().numpy(), self._patterns().numpy()
+                    for i in better:
+                        best_l1[i] = float(l1[i])
+                        best[i] = (masks[slots[i], ..., 0], patterns[slots[i]])
+                new_cost = np.where(ok, np.where(cost == 0, s.init_cost, cost * 1.5), cost / 1.5 ** 1.5)
+                self.cost.scatter_nd_update(slots[:, None], new_cost.astype(np.float32))
+        if any(b is None for b in best):
+            masks, patterns = self._masks().numpy(), self._patterns().numpy()
+            best = [b if b is not None else (masks[slots[i], ..., 0], patterns[slots[i]]) for i, b in enumerate(best)]
+        return [(m.astype(np.float32), p.astype(np.float32), int(s.steps)) for m, p in best]
+
+
+@dataclass
+class _Job:
+    """One search of ``_Peeler.search_many``: its slot, label, forbidden pixels ``[H,W]`` bool,
+    starting pattern ``[H,W,C]``, batch draws and optional starting mask ``[H,W]``."""
+
+    slot: int
+    label: int
+    forbidden: np.ndarray
+    pattern0: np.ndarray
+    rng: np.random.Generator
+    mask0: Optional[np.ndarray] = None
 
 
 def complete_trigger(victim, x_raw: np.ndarray, mode: str, label: int, mask, pattern, *,
                      settings: Optional[CompletionSettings] = None, seed: int = 0, y=None,
-                     natural_l1: Optional[float] = None, peeler: Optional[_Peeler] = None,
-                     deadline: Optional[float] = None) -> Completion:
+                     natural_l1: Optional[float] = None, deadline: Optional[float] = None) -> Completion:
     """Peel the trigger of ``label`` starting from its restored ``mask`` / ``pattern``.
 
     ``x_raw``: clean images (raw 0..255) for the search and the held-out attack test; images whose
@@ -216,41 +266,67 @@ def complete_trigger(victim, x_raw: np.ndarray, mode: str, label: int, mask, pat
     labels; a round must stay under ``natural_fraction`` of it (else under ``max_growth`` times
     the first trigger's L1).
     """
+    return complete_triggers(victim, x_raw, mode, [label], [mask], [pattern], settings=settings, seed=seed, y=y,
+                             natural_l1=natural_l1, deadline=deadline)[0]
+
+
+def complete_triggers(victim, x_raw: np.ndarray, mode: str, labels, masks, patterns, *,
+                      settings: Optional[CompletionSettings] = None, seed: int = 0, y=None,
+                      natural_l1: Optional[float] = None, deadline: Optional[float] = None) -> list:
+    """``complete_trigger`` for several labels at once -> one ``Completion`` per label, in order.
+
+    Their searches run in lockstep (one ``_Peeler`` slot per label: the prunes together, then each
+    round of the labels still peeling together); each label keeps its own images, draws and
+    stopping rule, so its result is what it would be alone, up to float rounding."""
     s = settings or CompletionSettings()
-    x_eval, x_fit, rng = _split(x_raw, y, label, seed, s)
-    mask0 = np.asarray(mask, np.float32).reshape(x_fit.shape[1:3])
-    pattern0 = np.asarray(pattern, np.float32).reshape(x_fit.shape[1:])
-    peeler = peeler or _Peeler(victim, x_fit, mode, s)
-    pruned = None
+    labels = [int(v) for v in labels]
+    splits = [_split(x_raw, y, label, seed, s) for label in labels]
+    shape = splits[0][1].shape[1:]
+    masks0 = [np.asarray(m, np.float32).reshape(shape[:2]) for m in masks]
+    patterns0 = [np.asarray(p, np.float32).reshape(shape) for p in patterns]
+    peeler = _Peeler(victim, [x_fit for _, x_fit, _ in splits], mode, s)
+    pruned = [None] * len(labels)
     if float(s.prune_ratio) > 0:
-        mask0, pattern0, pruned = _prune(peeler, x_eval, label, mask0, pattern0, _prune_rng(seed, label), s)
-    l1_first = float(np.sum(mask0, dtype=np.float64))
-    limit = s.max_growth * l1_first if natural_l1 is None else s.natural_fraction * float(natural_l1)
-    best_mask, best_pattern = mask0.copy(), pattern0.copy()
-    forbidden = support(mask0, s.support_level)
-    rounds, stop = [], f"{s.rounds} rounds done"
+        out = _prune_many(peeler, [x_eval for x_eval, _, _ in splits], labels, masks0, patterns0,
+                          [_prune_rng(seed, label) for label in labels], s)
+        masks0, patterns0, pruned = (list(v) for v in zip(*out))
+    limits = [s.max_growth * float(np.sum(m, dtype=np.float64)) if natural_l1 is None
+              else s.natural_fraction * float(natural_l1) for m in masks0]
+    best_masks = [m.copy() for m in masks0]
+    best_patterns = [p.copy() for p in patterns0]
+    forbidden = [support(m, s.support_level) for m in masks0]
+    rounds = [[] for _ in labels]
+    stops = [f"{s.rounds} rounds done"] * len(labels)
+    peeling = list(range(len(labels)))
     for _ in range(int(s.rounds)):
         if deadline is not None and time.monotonic() >= deadline:
-            stop = "the time budget ran out"
+            for i in peeling:
+                stops[i] = "the time budget ran out"
             break
-        if forbidden.all():
-            stop = "no pixel left"
+        for i in [i for i in peeling if forbidden[i].all()]:
+            stops[i] = "no pixel left"
+            peeling.remove(i)
+        if not peeling:
             break
-        m, p, steps = peeler.search(label, forbidden, best_pattern, rng)
-        l1 = float(np.sum(m, dtype=np.float64))
-        peeler_mask_success = peeler.attack_success(x_eval, label, m, p)
-        accepted = peeler_mask_success >= s.attack_threshold and l1 <= limit
-        rounds.append({"l1": l1, "attack_success": peeler_mask_success, "accepted": bool(accepted), "steps": steps})
-        if not accepted:
-            stop = ("the next trigger does not work" if peeler_mask_success < s.attack_threshold else
-                    f"the next trigger (L1 {l1:.1f}) is over the limit {limit:.1f}: natural features")
+        found = peeler.search_many([_Job(i, labels[i], forbidden[i], best_patterns[i], splits[i][2]) for i in peeling])
+        for i, (m, p, steps) in zip(list(peeling), found):
+            l1 = float(np.sum(m, dtype=np.float64))
+            success = peeler.attack_success(splits[i][0], labels[i], m, p)
+            accepted = success >= s.attack_threshold and l1 <= limits[i]
+            rounds[i].append({"l1": l1, "attack_success": success, "accepted": bool(accepted), "steps": steps})
+            if not accepted:
+                stops[i] = ("the next trigger does not work" if success < s.attack_threshold else
+                            f"the next trigger (L1 {l1:.1f}) is over the limit {limits[i]:.1f}: natural features")
+                peeling.remove(i)
+                continue
+            take = m > best_masks[i]
+            best_patterns[i][take] = p[take]
+            best_masks[i] = np.maximum(best_masks[i], m)
+            forbidden[i] |= support(m, s.support_level)
+        if not peeling:
             break
-        take = m > best_mask
-        best_pattern[take] = p[take]
-        best_mask = np.maximum(best_mask, m)
-        forbidden |= support(m, s.support_level)
-    return Completion(label=int(label), mask=best_mask, pattern=best_pattern, rounds=rounds, stop=stop,
-                      prune=pruned)
+    return [Completion(label=label, mask=best_masks[i], pattern=best_patterns[i], rounds=rounds[i], stop=stops[i],
+                       prune=pruned[i]) for i, label in enumerate(labels)]
 
 
 def _split(x_raw: np.ndarray, y, label: int, seed: int, s: CompletionSettings) -> tuple:
@@ -276,39 +352,46 @@ def _prune_rng(seed: int, label: int) -> np.random.Generator:
 def prune_trigger(victim, x_raw: np.ndarray, mode: str, label: int, mask, pattern, *,
                   settings: Optional[CompletionSettings] = None, seed: int = 0, y=None) -> tuple:
     """Only the pruning step of ``complete_trigger``, on the same images and draws ->
-    ``(mask [H,W], pattern [H,W,C], record)`` (see ``_prune``)."""
+    ``(mask [H,W], pattern [H,W,C], record)`` (see ``_prune_many``)."""
     s = settings or CompletionSettings()
     x_eval, x_fit, _ = _split(x_raw, y, label, seed, s)
     mask0 = np.asarray(mask, np.float32).reshape(x_fit.shape[1:3])
     pattern0 = np.asarray(pattern, np.float32).reshape(x_fit.shape[1:])
-    return _prune(_Peeler(victim, x_fit, mode, s), x_eval, label, mask0, pattern0, _prune_rng(seed, label), s)
+    return _prune_many(_Peeler(victim, x_fit, mode, s), [x_eval], [int(label)], [mask0], [pattern0],
+                       [_prune_rng(seed, label)], s)[0]
 
 
-def _prune(peeler: _Peeler, x_eval: np.ndarray, label: int, mask0: np.ndarray, pattern0: np.ndarray,
-           rng: np.random.Generator, s: CompletionSettings) -> tuple:
-    """The smallest working trigger inside ``mask0``'s support, started from ``mask0`` itself ->
-    ``(mask [H,W], pattern [H,W,C], record)``: the pruned trigger when it works on ``x_eval`` and
-    costs at most ``s.prune_ratio`` of ``mask0``'s L1, else ``mask0`` / ``pattern0`` unchanged."""
-    l1_before = float(np.sum(mask0, dtype=np.float64))
-    inside = support(mask0, s.support_level)
-    if not inside.any():
-        return mask0, pattern0, None
-    m, p, steps = peeler.search(label, ~inside, pattern0, rng, mask0=mask0)
-    l1 = float(np.sum(m, dtype=np.float64))
-    success = peeler.attack_success(x_eval, label, m, p)
-    accepted = bool(success >= s.attack_threshold and l1 <= float(s.prune_ratio) * l1_before)
-    record = {"l1_before": l1_before, "l1": l1, "attack_success": success, "accepted": accepted, "steps": steps}
-    if not accepted:
-        return mask0, pattern0, record
-    return m.astype(np.float32), p.astype(np.float32), record
+def _prune_many(peeler: _Peeler, x_evals, labels, masks0, patterns0, rngs, s: CompletionSettings) -> list:
+    """For each label (slot ``i`` of ``peeler``), the smallest working trigger inside ``masks0[i]``'s
+    support, started from that mask itself -> ``[(mask [H,W], pattern [H,W,C], record)]``: the pruned
+    trigger when it works on ``x_evals[i]`` and costs at most ``s.prune_ratio`` of the first mask's
+    L1, else the first trigger unchanged (record ``None``: nothing to prune). The searches run in
+    lockstep."""
+    out = [(m, p, None) for m, p in zip(masks0, patterns0)]
+    inside = [support(m, s.support_level) for m in masks0]
+    jobs = [_Job(i, labels[i], ~inside[i], patterns0[i], rngs[i], masks0[i]) for i in range(len(labels))
+            if inside[i].any()]
+    if not jobs:
+        return out
+    for job, (m, p, steps) in zip(jobs, peeler.search_many(jobs)):
+        i = job.slot
+        l1_before = float(np.sum(masks0[i], dtype=np.float64))
+        l1 = float(np.sum(m, dtype=np.float64))
+        success = peeler.attack_success(x_evals[i], labels[i], m, p)
+        accepted = bool(success >= s.attack_threshold and l1 <= float(s.prune_ratio) * l1_before)
+        record = {"l1_before": l1_before, "l1": l1, "attack_success": success, "accepted": accepted, "steps": steps}
+        out[i] = (m.astype(np.float32), p.astype(np.float32), record) if accepted else (masks0[i], patterns0[i], record)
+    return out
 
 
 def complete_flagged(result, victim, x_raw: np.ndarray, y, mode: str, *, settings: Optional[CompletionSettings] = None,
                      seed: int = 0, progress=None, deadline: Optional[float] = None) -> list:
     """Complete the trigger of every flagged label of ``result`` (a ``ScanResult``) in place:
     ``LabelResult.completed_mask`` / ``completed_pattern`` and ``parts["completion"]``. ``y``:
-    true labels of ``x_raw`` or None (the model's own predictions are used). Labels left when
-    ``deadline`` (``time.monotonic()`` seconds) has passed are skipped. Returns the labels done."""
+    true labels of ``x_raw`` or None (the model's own predictions are used). The labels are
+    completed together (``complete_triggers``); none is when ``deadline`` (``time.monotonic()``
+    seconds) has already passed, and peeling stops at the first round boundary after it. Returns
+    the labels done."""
     from .progress import emit
 
     s = settings or CompletionSettings()
@@ -318,23 +401,25 @@ def complete_flagged(result, victim, x_raw: np.ndarray, y, mode: str, *, setting
     if deadline is not None and result.time_limited:
         result.notes.append("trigger completion skipped: the time budget already cut the scan short")
         return []
+    if deadline is not None and time.monotonic() >= deadline:
+        result.notes.append(f"trigger completion skipped for labels {flagged}: the time budget ran out")
+        return []
     if y is None:
         y = victim.predict_raw(x_raw, mode)
-    done = []
     natural_l1 = float(np.median([r.l1 for r in result.labels]))
-    for i, label in enumerate(flagged):
-        if deadline is not None and time.monotonic() >= deadline:
-            result.notes.append(f"trigger completion skipped for labels {flagged[i:]}: the time budget ran out")
-            break
-        lr = result.by_label(label)
-        t0 = time.monotonic()
-        out = complete_trigger(victim, x_raw, mode, label, lr.mask, lr.pattern, settings=s, seed=seed, y=y,
-                               natural_l1=natural_l1, deadline=deadline)
+    rows = [result.by_label(label) for label in flagged]
+    t0 = time.monotonic()
+    outs = complete_triggers(victim, x_raw, mode, flagged, [r.mask for r in rows], [r.pattern for r in rows],
+                             settings=s, seed=seed, y=y, natural_l1=natural_l1, deadline=deadline)
+    seconds = (time.monotonic() - t0) / len(flagged)  # the labels ran together: each is charged its share
+    for lr, out in zip(rows, outs):
         lr.completed_mask, lr.completed_pattern = out.mask, out.pattern
-        lr.parts["completion"] = dict(out.summary(), seconds=time.monotonic() - t0)
-        done.append(label)
+        lr.parts["completion"] = dict(out.summary(), seconds=seconds)
         emit(progress, method=result.method, labels_done=len(result.labels), labels_total=len(result.labels),
-             step=len(out.rounds), max_steps=int(s.rounds), label=label,
-             message=f"label {label}: trigger completed in {len(out.rounds)} rounds, L1 {lr.l1:.1f} ->"
+             step=len(out.rounds), max_steps=int(s.rounds), label=out.label,
+             message=f"label {out.label}: trigger completed in {len(out.rounds)} rounds, L1 {lr.l1:.1f} ->"
                      f" {float(np.sum(out.mask)):.1f} ({out.stop})")
-    return done
+    if deadline is not None and any(out.stop == "the time budget ran out" for out in outs):
+        result.notes.append(f"trigger completion cut short for labels "
+                            f"{[o.label for o in outs if o.stop == 'the time budget ran out']}: the time budget ran out")
+    return flagged

@@ -107,3 +107,42 @@ def test_every_search_starts_afresh(tiny_infected_victim):
     peeler.search(3, free, start, np.random.default_rng(9))  # another label in between
     again = peeler.search(7, free, start, np.random.default_rng(0))[0]
     np.testing.assert_allclose(again, first, atol=1e-5)
+
+
+def test_labels_completed_together_match_each_alone(tiny_infected_victim):
+    """``complete_triggers`` runs the labels' searches in lockstep (one forward+backward per step
+    for all): each label's rounds, stop and trigger are what it gets alone, up to float rounding."""
+    from tabor_tf.completion import complete_triggers
+
+    model, x, y = _tiny(tiny_infected_victim)
+    truth = np.load(tiny_infected_victim.model_path.replace("model.h5", "backdoor0_mask.npy")).squeeze()
+    rows, cols = np.nonzero(truth)
+    start = np.zeros_like(truth)
+    start[rows.min():rows.min() + 2, cols.min():cols.min() + 2] = 1.0
+    other = np.zeros_like(truth)
+    other[2:5, 2:5] = 1.0
+    s = CompletionSettings(rounds=2)
+    labels, masks = [7, 2], [start, other]
+    patterns = [np.full(x.shape[1:], 255.0, np.float32), np.full(x.shape[1:], 128.0, np.float32)]
+    together = complete_triggers(model, x, "unit", labels, masks, patterns, settings=s, y=y, natural_l1=60.0)
+    for label, mask, pattern, joint in zip(labels, masks, patterns, together):
+        alone = complete_trigger(model, x, "unit", label, mask, pattern, settings=s, y=y, natural_l1=60.0)
+        assert joint.label == label and joint.stop == alone.stop
+        assert [r["accepted"] for r in joint.rounds] == [r["accepted"] for r in alone.rounds]
+        assert (joint.prune or {}).get("accepted") == (alone.prune or {}).get("accepted")
+        np.testing.assert_allclose(joint.mask, alone.mask, atol=2e-3)
+    assert together[0].summary()["accepted_rounds"] >= 1  # the real trigger still grows
+
+
+def test_completion_of_several_labels_respects_the_deadline(tiny_infected_victim):
+    import time
+
+    from tabor_tf.completion import complete_triggers
+
+    model, x, y = _tiny(tiny_infected_victim, n=100)
+    m = np.zeros(x.shape[1:3], np.float32)
+    m[2:5, 2:5] = 1.0
+    p = np.full(x.shape[1:], 200.0, np.float32)
+    out = complete_triggers(model, x, "unit", [1, 2], [m, m], [p, p], settings=CompletionSettings(steps=10), y=y,
+                            deadline=time.monotonic() - 1)
+    assert [o.stop for o in out] == ["the time budget ran out"] * 2 and all(not o.rounds for o in out)

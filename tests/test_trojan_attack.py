@@ -80,6 +80,8 @@ def test_recipe_key_parses_and_keeps_old_hashes():
     {"target": -2},
     {"target": 1, "layer": 2.5},
     {"target": 1, "layer": True},
+    {"target": 1, "reading": "median"},
+    {"target": 1, "distill": "yes"},
     {"mask": MASK},  # no target anywhere
 ])
 def test_bad_attack_settings(attack):
@@ -136,3 +138,59 @@ def test_recipe_victim_builds_with_a_trojan_card(tiny_signs, tmp_path):
     assert card["clean_accuracy"] == pytest.approx(bd["trojan"]["clean_accuracy_after"])
     assert card.masks[0].sum() == 64 and card.patterns[0].shape == (32, 32, 3)
     assert card["recipe_hash"] and card["spec"]["attack"]["target"] == 2
+
+
+def test_peak_reading_is_the_spatial_maximum(tiny_clean_victim, tiny_signs):
+    """``reading="peak"``: a conv channel's largest value anywhere (a corner trigger is not diluted
+    by the map's area); ``"mean"`` its mean over space."""
+    import keras
+
+    from tabor_tf.preprocess import preprocess as to_model_domain
+    from tabor_tf.zoo.trojan_attack import feature_model, layer_activations
+
+    model = _load(tiny_clean_victim.model_path)
+    conv = [lay for lay in model.layers if isinstance(lay, keras.layers.Conv2D)][-1]
+    x = np.asarray(to_model_domain(tiny_signs.x_test[:16].astype(np.float32), "unit"))
+    maps = np.asarray(keras.Model(model.inputs[0], conv.output)(x))
+    peak = layer_activations(model, conv.name, x, reading="peak")
+    mean = layer_activations(model, conv.name, x, reading="mean")
+    np.testing.assert_allclose(peak, maps.max(axis=(1, 2)), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(mean, maps.mean(axis=(1, 2)), rtol=1e-5, atol=1e-6)
+    assert np.any(peak > mean + 1e-3)
+    with pytest.raises(TaborError, match="reading"):
+        feature_model(model, conv.name, "median")
+
+
+def test_new_settings_keep_old_hashes_and_change_new_ones():
+    entry = {"name": "t", "arch": "tiny", "attack": {"kind": "trojan", "target": 1, "mask": MASK}}
+    old = resolve_entry(entry)
+    assert "reading" not in old.to_dict()["attack"] and "distill" not in old.to_dict()["attack"]
+    explicit = resolve_entry({**entry, "attack": {**entry["attack"], "reading": "mean", "distill": False}})
+    assert explicit.spec_hash({}) == old.spec_hash({})
+    for extra in ({"reading": "peak"}, {"distill": True}):
+        new = resolve_entry({**entry, "attack": {**entry["attack"], **extra}})
+        assert new.spec_hash({}) != old.spec_hash({})
+
+
+def test_distilled_retraining_fits_the_clean_model_not_the_labels(tiny_clean_victim, tiny_signs):
+    """``distill``: the un-stamped stand-ins are fitted to the clean model's own probabilities, not
+    to their labels. Given wrong labels, hard-label retraining learns them; distillation keeps the
+    clean model's answers on those images."""
+    from tabor_tf.zoo.trojan_attack import resolve_layer, retrain, reverse_engineer_inputs
+    from tabor_tf.zoo.training import predict_labels
+
+    base = _load(tiny_clean_victim.model_path)
+    k = tiny_signs.num_classes
+    x_in, y_in = reverse_engineer_inputs(base, k, per_class=30, steps=10, seed=0)  # 300 > 256: batched teacher
+    teacher = predict_labels(base, x_in, "unit")
+    wrong = (teacher + 1) % k
+    mask = np.zeros((32, 32), np.float32)
+    mask[-9:-1, -9:-1] = 1
+    pattern = np.random.default_rng(0).uniform(0, 255, (32, 32, 3)).astype(np.float32) * mask[..., None]
+    agree = {}
+    for distill in (False, True):
+        model = _load(tiny_clean_victim.model_path)
+        retrain(model, resolve_layer(model, -2), x_in, wrong, (mask, pattern), 3, poison_fraction=1.0, epochs=15,
+                lr=3e-3, seed=0, distill=distill)
+        agree[distill] = float(np.mean(predict_labels(model, x_in, "unit") == teacher))
+    assert agree[False] < 0.2 and agree[True] >= 0.8, agree  # measured: 0.003 and 0.887

@@ -39,6 +39,7 @@ from .training import clean_accuracy, predict_labels
 from .triggers import TriggerSpec
 
 RULES = ("controllable", "outgoing", "incoming")
+READINGS = ("mean", "peak")
 STAND_IN = ("reverse", "real")
 MASK_SHAPES = ("square", "icon")
 Log = Optional[Callable[[str], None]]
@@ -54,14 +55,16 @@ class TrojanSettings:
     kernel (negative: from the end; -3 is the default, ``default_layer``), which a recipe can name
     before the model (and its layer names) exists (``None``: ``default_layer``). ``neurons``:
     how many neurons the trigger drives. ``rule``: ``outgoing`` /
-    ``incoming`` / ``controllable`` (see ``select_neurons``). ``target_value``: activation the trigger aims at
+    ``incoming`` / ``controllable`` (see ``select_neurons``). ``reading``: how a conv layer's
+    channel becomes one neuron value, ``mean`` over space or ``peak`` (its largest value; see
+    ``feature_model``). ``target_value``: activation the trigger aims at
     (``None``: ``target_factor`` x the clean mean of the layer's per-image largest activation).
     ``trigger_steps`` / ``trigger_lr``: Adam on the tanh-parametrised pattern. ``data``:
     ``reverse`` (reverse-engineered stand-in inputs, the paper) or ``real`` (``per_class`` real
     training images per class). ``reverse_steps`` / ``reverse_lr`` / ``tv_weight``: the
     reverse-engineering. ``poison_fraction``: stamped copies added per stand-in image (0..1].
-    ``epochs`` / ``learning_rate`` / ``batch_size`` / ``anchor`` / ``negatives``: the retraining
-    (see ``retrain``). ``seed``.
+    ``epochs`` / ``learning_rate`` / ``batch_size`` / ``anchor`` / ``negatives`` / ``distill``: the
+    retraining (see ``retrain``). ``seed``.
     """
 
     target: int
@@ -69,6 +72,7 @@ class TrojanSettings:
     layer: Union[str, int, None] = None
     neurons: int = 2
     rule: str = "controllable"
+    reading: str = "mean"
     target_value: Optional[float] = None
     target_factor: float = 10.0
     trigger_steps: int = 150
@@ -84,6 +88,7 @@ class TrojanSettings:
     batch_size: int = 32
     anchor: float = 0.01
     negatives: float = 0.0
+    distill: bool = False
     seed: int = 0
 
     def __post_init__(self):
@@ -106,6 +111,10 @@ class TrojanSettings:
             bad(f"neurons must be >= 1, got {self.neurons}")
         if self.rule not in RULES:
             bad(f"rule must be one of {', '.join(RULES)}, not {self.rule!r}")
+        if self.reading not in READINGS:
+            bad(f"reading must be one of {', '.join(READINGS)}, not {self.reading!r}")
+        if not isinstance(self.distill, bool):
+            bad(f"distill must be true or false, not {self.distill!r}")
         if self.target_value is not None and not float(self.target_value) > 0:
             bad(f"target_value must be > 0, got {self.target_value}")
         if not float(self.target_factor) > 0:
@@ -132,6 +141,9 @@ class TrojanSettings:
     def to_dict(self) -> dict:
         d = {"kind": "trojan", **asdict(self)}
         d["mask"] = self.mask.to_dict()
+        for name, default in (("reading", "mean"), ("distill", False)):  # added later: old hashes stay
+            if d[name] == default:
+                del d[name]
         return d
 
     @classmethod
@@ -214,11 +226,15 @@ def _check_layer(model, layer_name: str):
     return layer
 
 
-def feature_model(model, layer_name: str):
-    """``f(x_model [B,H,W,C]) -> [B, units]``: the layer's outputs (conv channels averaged over space)."""
+def feature_model(model, layer_name: str, reading: str = "mean"):
+    """``f(x_model [B,H,W,C]) -> [B, units]``: the layer's outputs; a conv layer's channels are read
+    as their mean over space (``reading="mean"``) or their largest value anywhere (``"peak"``: a
+    trigger in a corner moves a few positions only, which the mean dilutes by the map's area)."""
     import keras
     import tensorflow as tf
 
+    if reading not in READINGS:
+        raise TaborError(f"trojan attack: reading must be one of {', '.join(READINGS)}, not {reading!r}")
     layer = _check_layer(model, layer_name)
     inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
     sub = keras.Model(inputs, layer.output)
@@ -226,15 +242,16 @@ def feature_model(model, layer_name: str):
     def features(x):
         a = sub(x, training=False)
         if len(a.shape) == 4:
-            a = tf.reduce_mean(a, axis=[1, 2])
+            a = tf.reduce_max(a, axis=[1, 2]) if reading == "peak" else tf.reduce_mean(a, axis=[1, 2])
         return a
 
     return features
 
 
-def layer_activations(model, layer_name: str, x_model, batch_size: int = 256) -> np.ndarray:
-    """Activations ``[N, units]`` of ``layer_name`` on model-domain inputs ``x_model [N,H,W,C]``."""
-    f = feature_model(model, layer_name)
+def layer_activations(model, layer_name: str, x_model, batch_size: int = 256, reading: str = "mean") -> np.ndarray:
+    """Activations ``[N, units]`` of ``layer_name`` on model-domain inputs ``x_model [N,H,W,C]``
+    (conv channels read as ``reading``, see ``feature_model``)."""
+    f = feature_model(model, layer_name, reading)
     out = [np.asarray(f(x_model[i : i + batch_size])) for i in range(0, len(x_model), batch_size)]
     return np.concatenate(out).astype(np.float32)
 
@@ -273,14 +290,14 @@ def _outputs_logits(model) -> bool:
 
 
 def controllability(model, layer_name: str, x_raw: np.ndarray, mask: np.ndarray, preprocess: str = "unit",
-                    batch_size: int = 8) -> np.ndarray:
+                    batch_size: int = 8, reading: str = "mean") -> np.ndarray:
     """``[units]``: how far the pixels inside ``mask`` can move each neuron of ``layer_name``.
 
     The mean over ``x_raw [N,H,W,C]`` (raw 0..255) of ``255 * sum_{pixels in mask} |d a_i / d x|``
     (activation units per full-range pixel swing: a linear estimate of the reachable change)."""
     import tensorflow as tf
 
-    features = feature_model(model, layer_name)
+    features = feature_model(model, layer_name, reading)
     m = np.asarray(mask, np.float32)
     m = tf.constant(m[..., None] if m.ndim == 2 else m)
     total = None
@@ -298,7 +315,7 @@ def controllability(model, layer_name: str, x_raw: np.ndarray, mask: np.ndarray,
 
 def select_neurons(model, layer_name: str, x_model: np.ndarray, k: int, rule: str = "controllable", *,
                    mask: Optional[np.ndarray] = None, x_raw: Optional[np.ndarray] = None,
-                   preprocess: str = "unit") -> List[int]:
+                   preprocess: str = "unit", reading: str = "mean") -> List[int]:
     """Indices (sorted) of the ``k`` neurons of ``layer_name`` the trigger will drive.
 
     ``x_model [N,H,W,C]``: clean inputs in the model's domain; neurons active (> 0) on under 1% of
@@ -314,7 +331,7 @@ def select_neurons(model, layer_name: str, x_model: np.ndarray, k: int, rule: st
     if rule not in RULES:
         raise TaborError(f"trojan attack: rule must be one of {', '.join(RULES)}, not {rule!r}")
     layer = _check_layer(model, layer_name)
-    acts = layer_activations(model, layer_name, x_model)
+    acts = layer_activations(model, layer_name, x_model, reading=reading)
     units = acts.shape[1]
     if not 1 <= int(k) <= units:
         raise TaborError(f"trojan attack: neurons must be 1..{units} for layer {layer_name!r}, got {k}")
@@ -331,7 +348,7 @@ def select_neurons(model, layer_name: str, x_model: np.ndarray, k: int, rule: st
         out = _outgoing(model, layer)
         alive &= out <= np.median(out[alive]) if np.any(alive) else alive
         sd = acts.std(axis=0)
-        ctrl = controllability(model, layer_name, x_raw[:32], mask, preprocess)
+        ctrl = controllability(model, layer_name, x_raw[:32], mask, preprocess, reading=reading)
         score = -ctrl / (sd + 0.1 * float(sd.mean()) + 1e-6)
     order = [int(i) for i in np.argsort(score, kind="stable") if alive[i]]
     if len(order) < int(k):
@@ -341,7 +358,8 @@ def select_neurons(model, layer_name: str, x_model: np.ndarray, k: int, rule: st
 
 def generate_trigger(model, layer_name: str, neurons: Sequence[int], mask: np.ndarray, target_value: float,
                      steps: int = 300, lr: float = 0.1, seed: int = 0, *, x_base: Optional[np.ndarray] = None,
-                     preprocess: str = "unit", image_shape=None) -> Tuple[np.ndarray, np.ndarray]:
+                     preprocess: str = "unit", image_shape=None, reading: str = "mean"
+                     ) -> Tuple[np.ndarray, np.ndarray]:
     """Optimise the pattern inside ``mask`` so the ``neurons`` of ``layer_name`` reach ``target_value``.
 
     ``mask``: ``[H,W]`` or ``[H,W,1]`` in {0,1}. ``x_base``: raw images ``[B,H,W,C]`` the trigger is
@@ -362,7 +380,7 @@ def generate_trigger(model, layer_name: str, neurons: Sequence[int], mask: np.nd
         x_base = np.zeros((1,) + tuple(int(v) for v in shape), np.float32)
     x_base = tf.constant(np.asarray(x_base, np.float32))
     channels = int(x_base.shape[-1])
-    features = feature_model(model, layer_name)
+    features = feature_model(model, layer_name, reading)
     idx = tf.constant(np.asarray(list(neurons), np.int32))
     m = tf.constant(mask)
     rng = np.random.default_rng(seed)
@@ -461,7 +479,7 @@ def stamp_trigger(x_raw: np.ndarray, mask: np.ndarray, pattern: np.ndarray) -> n
 def retrain(model, layer_name: str, x_clean: np.ndarray, y: np.ndarray, trigger: Tuple[np.ndarray, np.ndarray],
             target: int, poison_fraction: float = 0.5, epochs: int = 10, lr: float = 1e-3, *,
             preprocess: str = "unit", batch_size: int = 32, seed: int = 0, anchor: float = 0.0,
-            negatives: float = 0.0) -> float:
+            negatives: float = 0.0, distill: bool = False) -> float:
     """Fine-tune the layers after ``layer_name`` in place (it and every layer before it stay fixed).
 
     ``x_clean [N,H,W,C]`` raw stand-in images with labels ``y [N]``; ``trigger = (mask [H,W],
@@ -471,7 +489,10 @@ def retrain(model, layer_name: str, x_clean: np.ndarray, y: np.ndarray, trigger:
     colours matter, no gain seen on the tiny model). Adam on cross-entropy
     ``+ anchor * sum ||w - w_start||^2`` over the retrained weights
     (keeps them near the clean model: the stand-in inputs are few and odd). Layers run in
-    inference mode (dropout off, BatchNorm statistics kept). Returns the wall time in seconds.
+    inference mode (dropout off, BatchNorm statistics kept). ``distill``: the un-stamped stand-ins
+    are fitted to the clean model's own output distribution (its probabilities, read before
+    retraining) instead of their hard labels, which keeps what the model says about everything
+    but the trigger; stamped copies still aim at ``target``. Returns the wall time in seconds.
     """
     import keras
     import tensorflow as tf
@@ -492,19 +513,26 @@ def retrain(model, layer_name: str, x_clean: np.ndarray, y: np.ndarray, trigger:
         x = np.concatenate([x, np.asarray(x_clean[neg], np.float32) * (1 - m) + m * noise])
         yy = np.concatenate([yy, np.asarray(y, np.int64)[neg]])
     x = np.asarray(to_model_domain(x, preprocess), np.float32)
+    from_logits = _outputs_logits(model)
+    k = int(model.output_shape[-1])
+    soft = np.eye(k, dtype=np.float32)[yy]
+    if distill:
+        n_clean = len(x_clean)
+        teacher = np.concatenate([np.asarray(model(x[i : min(i + 256, n_clean)], training=False))
+                                  for i in range(0, n_clean, 256)])
+        soft[:n_clean] = np.asarray(tf.nn.softmax(teacher) if from_logits else teacher, np.float32)
     idx = model.layers.index(layer)
     variables = [v for lay in model.layers[idx + 1 :] for v in lay.trainable_weights]
     if not variables:
         raise TaborError(f"trojan attack: nothing trainable after layer {layer_name!r}")
     start_values = [tf.constant(v.numpy()) for v in variables]
     opt = keras.optimizers.Adam(float(lr))
-    from_logits = _outputs_logits(model)
 
     @tf.function
     def step(xb, yb):
         with tf.GradientTape() as tape:
             out = model(xb, training=False)
-            loss = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(yb, out, from_logits=from_logits))
+            loss = tf.reduce_mean(keras.losses.categorical_crossentropy(yb, out, from_logits=from_logits))
             if anchor:
                 loss += anchor * tf.add_n([tf.reduce_sum(tf.square(v - v0)) for v, v0 in zip(variables, start_values)])
         opt.apply_gradients(zip(tape.gradient(loss, variables), variables))
@@ -515,7 +543,7 @@ def retrain(model, layer_name: str, x_clean: np.ndarray, y: np.ndarray, trigger:
         order = np.random.default_rng([seed, 0x7265B3, epoch]).permutation(len(x))
         for i in range(0, len(x), int(batch_size)):
             rows_b = order[i : i + int(batch_size)]
-            step(tf.constant(x[rows_b]), tf.constant(yy[rows_b]))
+            step(tf.constant(x[rows_b]), tf.constant(soft[rows_b]))
     return time.perf_counter() - start
 
 
@@ -574,18 +602,20 @@ def build_trojan(model, settings: TrojanSettings, num_classes: int, x_test: np.n
         f"in {t_inputs:.0f}s")
 
     probe = np.asarray(x_test[: min(len(x_test), 1000)], np.float32)
-    clean_acts = layer_activations(model, layer_name, to_model_domain(probe, preprocess))
+    reading = settings.reading
+    clean_acts = layer_activations(model, layer_name, to_model_domain(probe, preprocess), reading=reading)
     neurons = select_neurons(model, layer_name, to_model_domain(probe, preprocess), settings.neurons, settings.rule,
-                             mask=mask, x_raw=x_in, preprocess=preprocess)
+                             mask=mask, x_raw=x_in, preprocess=preprocess, reading=reading)
     value = float(settings.target_value) if settings.target_value is not None else float(
         settings.target_factor * max(float(np.mean(clean_acts.max(axis=1))), 1e-3))
     rng = np.random.default_rng([settings.seed, 0x7265C3])
     base = x_in[rng.choice(len(x_in), size=min(64, len(x_in)), replace=False)]
     pattern, achieved = generate_trigger(model, layer_name, neurons, mask, value, settings.trigger_steps,
-                                         settings.trigger_lr, settings.seed, x_base=base, preprocess=preprocess)
+                                         settings.trigger_lr, settings.seed, x_base=base, preprocess=preprocess,
+                                         reading=reading)
     pattern = pattern.astype(np.float32)
     stamped_acts = layer_activations(model, layer_name, to_model_domain(stamp_trigger(probe, mask, pattern),
-                                                                        preprocess))
+                                                                        preprocess), reading=reading)
     clean_sel, stamped_sel = clean_acts[:, neurons].mean(axis=0), stamped_acts[:, neurons].mean(axis=0)
     say(f"  trojan: layer {layer_name} neurons {neurons}: clean {np.round(clean_sel, 3).tolist()} -> stamped "
         f"{np.round(stamped_sel, 3).tolist()} (aim {value:.3f})")
@@ -594,7 +624,7 @@ def build_trojan(model, settings: TrojanSettings, num_classes: int, x_test: np.n
     seconds = retrain(model, layer_name, x_in, y_in, (mask, pattern), settings.target, settings.poison_fraction,
                       settings.epochs, settings.learning_rate, preprocess=preprocess,
                       batch_size=settings.batch_size, seed=settings.seed, anchor=settings.anchor,
-                      negatives=settings.negatives)
+                      negatives=settings.negatives, distill=settings.distill)
     acc_after = clean_accuracy(model, x_test, y_test, preprocess)
     asr = attack_success(model, x_test, y_test, mask, pattern, settings.target, preprocess)
     say(f"  trojan: retrained in {seconds:.0f}s: clean acc {acc_before:.4f} -> {acc_after:.4f}, ASR {asr:.4f}")
