@@ -272,14 +272,20 @@ def complete_trigger(victim, x_raw: np.ndarray, mode: str, label: int, mask, pat
 
 def complete_triggers(victim, x_raw: np.ndarray, mode: str, labels, masks, patterns, *,
                       settings: Optional[CompletionSettings] = None, seed: int = 0, y=None,
-                      natural_l1: Optional[float] = None, deadline: Optional[float] = None) -> list:
+                      natural_l1: Optional[float] = None, deadline: Optional[float] = None,
+                      on_round=None) -> list:
     """``complete_trigger`` for several labels at once -> one ``Completion`` per label, in order.
 
     Their searches run in lockstep (one ``_Peeler`` slot per label: the prunes together, then each
     round of the labels still peeling together); each label keeps its own images, draws and
-    stopping rule, so its result is what it would be alone, up to float rounding."""
+    stopping rule, so its result is what it would be alone, up to float rounding. ``on_round(r,
+    peeling)``, if given, is called after the prune (``r`` 0) and after each peel round ``r`` with
+    the labels still peeling."""
     s = settings or CompletionSettings()
     labels = [int(v) for v in labels]
+    if not labels:
+        return []
+    report = on_round or (lambda _r, _peeling: None)
     splits = [_split(x_raw, y, label, seed, s) for label in labels]
     shape = splits[0][1].shape[1:]
     masks0 = [np.asarray(m, np.float32).reshape(shape[:2]) for m in masks]
@@ -290,6 +296,7 @@ def complete_triggers(victim, x_raw: np.ndarray, mode: str, labels, masks, patte
         out = _prune_many(peeler, [x_eval for x_eval, _, _ in splits], labels, masks0, patterns0,
                           [_prune_rng(seed, label) for label in labels], s)
         masks0, patterns0, pruned = (list(v) for v in zip(*out))
+        report(0, list(labels))
     limits = [s.max_growth * float(np.sum(m, dtype=np.float64)) if natural_l1 is None
               else s.natural_fraction * float(natural_l1) for m in masks0]
     best_masks = [m.copy() for m in masks0]
@@ -298,7 +305,7 @@ def complete_triggers(victim, x_raw: np.ndarray, mode: str, labels, masks, patte
     rounds = [[] for _ in labels]
     stops = [f"{s.rounds} rounds done"] * len(labels)
     peeling = list(range(len(labels)))
-    for _ in range(int(s.rounds)):
+    for r in range(1, int(s.rounds) + 1):
         if deadline is not None and time.monotonic() >= deadline:
             for i in peeling:
                 stops[i] = "the time budget ran out"
@@ -323,6 +330,7 @@ def complete_triggers(victim, x_raw: np.ndarray, mode: str, labels, masks, patte
             best_patterns[i][take] = p[take]
             best_masks[i] = np.maximum(best_masks[i], m)
             forbidden[i] |= support(m, s.support_level)
+        report(r, [labels[i] for i in peeling])
         if not peeling:
             break
     return [Completion(label=label, mask=best_masks[i], pattern=best_patterns[i], rounds=rounds[i], stop=stops[i],
@@ -409,8 +417,13 @@ def complete_flagged(result, victim, x_raw: np.ndarray, y, mode: str, *, setting
     natural_l1 = float(np.median([r.l1 for r in result.labels]))
     rows = [result.by_label(label) for label in flagged]
     t0 = time.monotonic()
+    def on_round(r, peeling):
+        emit(progress, method=result.method, labels_done=len(result.labels), labels_total=len(result.labels),
+             step=r, max_steps=int(s.rounds),
+             message=f"trigger completion: {'pruned' if r == 0 else f'round {r} done'}; still peeling {peeling or 'none'}")
+
     outs = complete_triggers(victim, x_raw, mode, flagged, [r.mask for r in rows], [r.pattern for r in rows],
-                             settings=s, seed=seed, y=y, natural_l1=natural_l1, deadline=deadline)
+                             settings=s, seed=seed, y=y, natural_l1=natural_l1, deadline=deadline, on_round=on_round)
     seconds = (time.monotonic() - t0) / len(flagged)  # the labels ran together: each is charged its share
     for lr, out in zip(rows, outs):
         lr.completed_mask, lr.completed_pattern = out.mask, out.pattern

@@ -146,3 +146,20 @@ def test_completion_of_several_labels_respects_the_deadline(tiny_infected_victim
     out = complete_triggers(model, x, "unit", [1, 2], [m, m], [p, p], settings=CompletionSettings(steps=10), y=y,
                             deadline=time.monotonic() - 1)
     assert [o.stop for o in out] == ["the time budget ran out"] * 2 and all(not o.rounds for o in out)
+
+
+def test_completion_reports_each_round_and_takes_no_labels(tiny_infected_victim):
+    from tabor_tf.completion import complete_triggers
+
+    model, x, y = _tiny(tiny_infected_victim, n=100)
+    assert complete_triggers(model, x, "unit", [], [], []) == []
+    m = np.zeros(x.shape[1:3], np.float32)
+    m[2:5, 2:5] = 1.0
+    p = np.full(x.shape[1:], 200.0, np.float32)
+    seen = []
+    out = complete_triggers(model, x, "unit", [1, 2], [m, m], [p, p], settings=CompletionSettings(steps=10, rounds=2),
+                            y=y, natural_l1=200.0, on_round=lambda r, peeling: seen.append((r, list(peeling))))
+    assert seen[0] == (0, [1, 2])  # after the prune
+    assert [r for r, _ in seen[1:]] == list(range(1, len(seen)))  # then once per peel round
+    still = [label for label, o in zip([1, 2], out) if o.stop == "2 rounds done"]
+    assert seen[-1][1] == still
