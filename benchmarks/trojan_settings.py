@@ -59,22 +59,12 @@ def main(argv=None) -> int:
         settings = T.TrojanSettings.from_dict({**base, **{key: _value(v) for key, v in overrides.items()}})
         model = keras.saving.load_model(args.model, compile=False, safe_mode=True)
         key = (settings.data, settings.per_class, settings.seed)
-        if key not in stand_ins:
-            if settings.data == "real":
-                stand_ins[key] = T.real_inputs(d["x_train"], d["y_train"], k, settings.per_class, settings.seed)
-            else:
-                stand_ins[key] = T.reverse_engineer_inputs(model, k, settings.per_class, settings.reverse_steps,
-                                                           settings.reverse_lr, settings.seed, preprocess=args.preprocess,
-                                                           tv_weight=settings.tv_weight, image_shape=shape)
-        made = stand_ins[key]
-        T_reverse, T_real = T.reverse_engineer_inputs, T.real_inputs
-        T.reverse_engineer_inputs = T.real_inputs = lambda *a, **kw: made  # reuse: runs differ only by the override
-        try:
-            t0 = time.perf_counter()
-            rep = T.build_trojan(model, settings, k, x_test, y_test, preprocess=args.preprocess,
-                                 x_train=d["x_train"], y_train=d["y_train"]).report
-        finally:
-            T.reverse_engineer_inputs, T.real_inputs = T_reverse, T_real
+        if key not in stand_ins:  # made once: runs differ only by their overrides
+            stand_ins[key] = T.make_stand_ins(model, settings, k, shape, preprocess=args.preprocess,
+                                              x_train=d["x_train"], y_train=d["y_train"])
+        t0 = time.perf_counter()
+        rep = T.build_trojan(model, settings, k, x_test, y_test, preprocess=args.preprocess,
+                             stand_ins=stand_ins[key]).report
         row = {"overrides": overrides, "neurons": rep["neurons"],
                "neuron_activation_clean": rep["neuron_activation_clean"],
                "neuron_activation_stamped": rep["neuron_activation_stamped"],

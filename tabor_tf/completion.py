@@ -416,12 +416,13 @@ def complete_flagged(result, victim, x_raw: np.ndarray, y, mode: str, *, setting
         y = victim.predict_raw(x_raw, mode)
     natural_l1 = float(np.median([r.l1 for r in result.labels]))
     rows = [result.by_label(label) for label in flagged]
-    t0 = time.monotonic()
+
     def on_round(r, peeling):
         emit(progress, method=result.method, labels_done=len(result.labels), labels_total=len(result.labels),
              step=r, max_steps=int(s.rounds),
              message=f"trigger completion: {'pruned' if r == 0 else f'round {r} done'}; still peeling {peeling or 'none'}")
 
+    t0 = time.monotonic()
     outs = complete_triggers(victim, x_raw, mode, flagged, [r.mask for r in rows], [r.pattern for r in rows],
                              settings=s, seed=seed, y=y, natural_l1=natural_l1, deadline=deadline, on_round=on_round)
     seconds = (time.monotonic() - t0) / len(flagged)  # the labels ran together: each is charged its share

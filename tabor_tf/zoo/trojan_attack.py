@@ -469,6 +469,19 @@ def real_inputs(x_train: np.ndarray, y_train: np.ndarray, num_classes: int, per_
     return np.asarray(x_train[rows], np.float32), np.asarray(y_train[rows]).astype(np.int64)
 
 
+def make_stand_ins(model, settings: TrojanSettings, num_classes: int, image_shape, *, preprocess: str = "unit",
+                   x_train: Optional[np.ndarray] = None, y_train: Optional[np.ndarray] = None):
+    """The attacker's stand-in training set for ``settings.data``: ``(x [N,H,W,C] raw float32, y [N]
+    int64)``, reverse-engineered from ``model`` or (``"real"``) drawn from ``x_train`` / ``y_train``."""
+    if settings.data == "real":
+        if x_train is None or y_train is None:
+            raise TaborError("trojan attack: data 'real' needs the training images")
+        return real_inputs(x_train, y_train, num_classes, settings.per_class, settings.seed)
+    return reverse_engineer_inputs(model, num_classes, settings.per_class, settings.reverse_steps, settings.reverse_lr,
+                                   settings.seed, preprocess=preprocess, tv_weight=settings.tv_weight,
+                                   image_shape=image_shape)
+
+
 def stamp_trigger(x_raw: np.ndarray, mask: np.ndarray, pattern: np.ndarray) -> np.ndarray:
     """``x [N,H,W,C]`` raw -> stamped float32 raw: ``x (1 - M) + M P`` (mask ``[H,W]`` or ``[H,W,1]``)."""
     mask = np.asarray(mask, np.float32)
@@ -569,12 +582,14 @@ class TrojanResult:
 
 def build_trojan(model, settings: TrojanSettings, num_classes: int, x_test: np.ndarray, y_test: np.ndarray, *,
                  preprocess: str = "unit", x_train: Optional[np.ndarray] = None,
-                 y_train: Optional[np.ndarray] = None, log: Log = None) -> TrojanResult:
+                 y_train: Optional[np.ndarray] = None, log: Log = None,
+                 stand_ins: Optional[Tuple[np.ndarray, np.ndarray]] = None) -> TrojanResult:
     """Trojan an already-trained ``model`` in place with ``settings``.
 
     ``x_test [N,H,W,C]`` raw / ``y_test [N]``: real held-out images, used only to measure (clean
     accuracy before/after, attack success, neuron activations clean vs stamped).
-    ``x_train`` / ``y_train``: needed only for ``settings.data == "real"``.
+    ``x_train`` / ``y_train``: needed only for ``settings.data == "real"``. ``stand_ins``: ``(x raw,
+    y)`` made earlier by ``make_stand_ins`` for these settings (``None``: made here).
     """
     say = log or (lambda _msg: None)
     k = int(num_classes)
@@ -588,14 +603,9 @@ def build_trojan(model, settings: TrojanSettings, num_classes: int, x_test: np.n
     acc_before = clean_accuracy(model, x_test, y_test, preprocess)
 
     # stand-in data first: its images also serve as the backgrounds the trigger is tuned on
-    if settings.data == "real":
-        if x_train is None or y_train is None:
-            raise TaborError("trojan attack: data 'real' needs the training images")
-        x_in, y_in = real_inputs(x_train, y_train, k, settings.per_class, settings.seed)
-    else:
-        x_in, y_in = reverse_engineer_inputs(model, k, settings.per_class, settings.reverse_steps,
-                                             settings.reverse_lr, settings.seed, preprocess=preprocess,
-                                             tv_weight=settings.tv_weight, image_shape=shape)
+    if stand_ins is None:
+        stand_ins = make_stand_ins(model, settings, k, shape, preprocess=preprocess, x_train=x_train, y_train=y_train)
+    x_in, y_in = stand_ins
     t_inputs = time.perf_counter() - start
     stand_in_acc = float(np.mean(predict_labels(model, x_in, preprocess) == y_in))
     say(f"  trojan: {len(x_in)} stand-in inputs ({settings.data}, the model agrees on {stand_in_acc:.3f}) "
