@@ -89,3 +89,25 @@ def test_checkpoint_reuse_unlabelled_data_and_input_errors(tiny_infected_victim,
 
 def res_labels(res):
     return [r.label for r in res.labels]
+
+
+def test_scan_on_black_background_data_can_run_without_r4(tiny_clean_victim, tmp_path):
+    """With ``overlay_on_black_background=drop`` a scan on data whose background is black switches R4
+    off (l6 = 0), says so in its notes, and its saved triggers are those of an explicit ``l6=0`` scan
+    (same fingerprint: reused); the default keeps R4 on the same data."""
+    victim, data = load(tiny_clean_victim, limit=60)
+    dark = data.x.copy()
+    dark[:, :, :20] = 0.0  # the left 20 columns black (>= half of the pixels)
+    cfg = fast(steps=10, round_steps=5, eval_images=30, overlay_on_black_background="drop")
+    res = scan(victim, dark, preprocess="unit", labels=[0, 1, 2], config=cfg, checkpoint_dir=tmp_path)
+    assert res.settings["l6"] == 0.0 and any("R4" in n and "switched off" in n for n in res.notes)
+    assert all(r.parts["lambdas"]["overlay"] == 0.0 for r in res.labels)
+    explicit = scan(victim, dark, preprocess="unit", labels=[0, 1, 2], checkpoint_dir=tmp_path,
+                    config=fast(steps=10, round_steps=5, eval_images=30, l6=0.0))
+    assert any("reused" in n for n in explicit.notes)
+    kept = scan(victim, dark, preprocess="unit", labels=[0, 1, 2], checkpoint_dir=tmp_path,
+                config=fast(steps=10, round_steps=5, eval_images=30))
+    assert kept.settings["l6"] == cfg.l6 > 0 and not any("switched off" in n for n in kept.notes)
+    assert not any("reused" in n for n in kept.notes)
+    plain = scan(victim, data.x, preprocess="unit", labels=[0, 1, 2], config=cfg)
+    assert plain.settings["l6"] == cfg.l6 and not any("switched off" in n for n in plain.notes)

@@ -105,3 +105,31 @@ def test_total_loss_weights_terms_and_labels_stay_independent():
         return tf.concat([four, tf.zeros([2, 2])], axis=1)
 
     np.testing.assert_allclose(grad_of_label0(1.0), grad_of_label0(0.3), rtol=1e-6)
+
+
+def test_r4_is_dropped_only_where_black_is_the_background():
+    """``for_clean_data`` with ``overlay_on_black_background="drop"``: R4 (l6) is switched off, with a
+    note, when at least half of the raw clean pixels are black (MNIST-like data); GTSRB-like data,
+    the default ``keep`` and ``l6=0`` are left alone."""
+    from tabor_tf.tabor.presets import BLACK_PIXEL, black_pixel_fraction, for_clean_data
+
+    rng = np.random.default_rng(0)
+    digits = np.zeros((20, 28, 28, 1), np.float32)
+    digits[:, 8:20, 10:18] = rng.uniform(100, 255, (20, 12, 8, 1))  # strokes on black: 88% black
+    signs = rng.uniform(20, 255, (20, 32, 32, 3)).astype(np.float32)  # no black pixel
+    assert black_pixel_fraction(digits) == pytest.approx(1 - 96 / 784)
+    assert black_pixel_fraction(signs) == 0.0
+    assert black_pixel_fraction(np.full((2, 4, 4, 1), BLACK_PIXEL, np.float32)) == 1.0
+
+    assert for_clean_data(preset("gtsrb"), digits) == (preset("gtsrb"), None)  # the default keeps R4
+    cfg = preset("gtsrb", overlay_on_black_background="drop")
+    dropped, note = for_clean_data(cfg, digits)
+    assert dropped.l6 == 0.0 and cfg.l6 == 1e-2 and "R4" in note and "88%" in note
+    assert dropped.lambdas[:5] == cfg.lambdas[:5]  # nothing else changes
+    kept, none = for_clean_data(cfg, signs)
+    assert kept == cfg and none is None
+    assert for_clean_data(preset("gtsrb", l6=0.0, overlay_on_black_background="drop"), digits)[1] is None  # already off
+    half = np.concatenate([digits[:10], np.full((10, 28, 28, 1), 200.0, np.float32)])  # 44% black
+    assert for_clean_data(cfg, half)[1] is None
+    with pytest.raises(TaborError, match="overlay_on_black_background"):
+        preset("gtsrb", overlay_on_black_background="maybe")

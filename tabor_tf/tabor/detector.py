@@ -35,7 +35,7 @@ from . import confirm, quality
 from .engine import TIME_BUDGET, EngineResult, TriggerEngine
 from .two_stage import TwoStageSettings, screen_keep
 from .explain import TriggerEvaluator
-from .presets import TERM_NAMES, TaborConfig, default_preset_for, preset
+from .presets import TERM_NAMES, TaborConfig, default_preset_for, for_clean_data, preset
 
 METHOD = "tabor"
 CHECKPOINT_FILE = "tabor_triggers.npz"
@@ -43,7 +43,8 @@ STATE_FILE = "tabor_engine_state.npz"  # the engine's state while it runs (remov
 # settings that change only the metric or the decision, not the optimised triggers
 _NOT_IN_FINGERPRINT = ("preset", "eval_images", "footprint_threshold", "explain_fraction", "explain_reference",
                        "mad_threshold", "family_alpha", "mad_side", "accuracy_floor", "confirm_seeds",
-                       "max_images_per_step", "label_bucket", "checkpoint_seconds")
+                       "max_images_per_step", "label_bucket", "checkpoint_seconds",
+                       "overlay_on_black_background")  # its effect is the resolved l6 (presets.for_clean_data)
 
 
 def _clean_arrays(victim, data):
@@ -277,10 +278,10 @@ def scan(victim, data, *, preprocess: str, labels: Optional[Sequence[int]] = Non
     if mode == "auto":
         raise TaborError("scan needs a concrete preprocessing mode; resolve 'auto' first (input_check)")
     x, y = _clean_arrays(victim, data)
-    config = config or preset(default_preset_for(victim.input_shape))
+    config, overlay_note = for_clean_data(config or preset(default_preset_for(victim.input_shape)), x)
     chosen = scan_labels(int(victim.num_classes), labels)
     y_ref, clean_acc, y_source = reference_labels(victim, x, y, mode)
-    notes = []
+    notes = [overlay_note] if overlay_note else []
     phases = {"preparation": time.perf_counter() - started}
     fingerprint = _fingerprint(victim, x, mode, config, seed, chosen)
     result = load_triggers(checkpoint_dir, fingerprint) if checkpoint_dir else None

@@ -11,7 +11,9 @@ from Table 3: ``l5`` (R3) is 1e-4, a value of the paper's own sensitivity grid (
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
+
+import numpy as np
 
 from tabor_tf.errors import TaborError
 from tabor_tf.settings import with_overrides
@@ -34,6 +36,9 @@ class TaborConfig:
     l6: float = 1e-2  # CE(f(M * Delta), y_t)        overlaying triggers
     overlay_hinge: float = 0.0  # > 0: R4 counts only while the trigger alone gives y_t a probability
     # below this, max(0, CE + log(hinge)); 0: the paper's plain CE (objective.overlay_loss)
+    overlay_on_black_background: str = "keep"  # "keep": the paper's R4 on every data set; "drop" (opt-in,
+    # measured on the MNIST dev victims: no better, docs/TABOR_CHOICES.md): R4 is switched off (l6 = 0)
+    # when black is the clean images' background, where it asks every trigger to draw its class
     pattern_regularizer: str = "elastic"  # "elastic" (GTSRB) or "l1" (ImageNet / LFW)
     pattern_scale: str = "unit"  # Delta inside R1/R2: "unit" (raw / 255) or "raw" (0..255)
     # optimisation
@@ -104,6 +109,9 @@ class TaborConfig:
         if not 0 <= self.blocking_batch_size <= self.batch_size:
             raise TaborError(f"blocking_batch_size must be in 0..batch_size ({self.batch_size}),"
                              f" got {self.blocking_batch_size}")
+        if self.overlay_on_black_background not in ("drop", "keep"):
+            raise TaborError("overlay_on_black_background must be 'drop' or 'keep',"
+                             f" got {self.overlay_on_black_background!r}")
         if self.pattern_regularizer not in ("elastic", "l1"):
             raise TaborError(f"pattern_regularizer must be 'elastic' or 'l1', got {self.pattern_regularizer!r}")
         if self.pattern_scale not in ("unit", "raw"):
@@ -181,6 +189,36 @@ def preset(name: str = "gtsrb", **overrides) -> TaborConfig:
     if key not in _PRESETS:
         raise TaborError(f"unknown TABOR preset {name!r}; choose one of {', '.join(PRESET_NAMES)}")
     return with_overrides(TaborConfig(preset=key, **_PRESETS[key]), overrides, "TABOR")
+
+
+BLACK_PIXEL = 0.02 * 255.0  # a raw pixel at or below this (2% of the range) counts as black
+BLACK_BACKGROUND_FRACTION = 0.5  # black is the data's background when at least this share of pixels is black
+
+
+def black_pixel_fraction(x) -> float:
+    """Share of the raw clean pixels (``[N,H,W,C]``, 0..255) that are black (``<= BLACK_PIXEL``)."""
+    x = np.asarray(x)
+    return float(np.mean(x <= BLACK_PIXEL)) if x.size else 0.0
+
+
+def for_clean_data(config: TaborConfig, x) -> tuple:
+    """``(config, note)``: the settings as a scan on the raw clean images ``x [N,H,W,C]`` runs them.
+
+    With ``overlay_on_black_background="drop"`` and black the images' background (at least half
+    of the pixels black: MNIST 82%, GTSRB 0.02%), R4 is switched off (``l6 = 0``) and ``note``
+    says why; otherwise ``config`` is returned unchanged with ``note`` None. R4 scores the trigger
+    alone on a black image, so on such data it rewards triggers that draw the target class
+    (docs/TABOR_CHOICES.md, "R4 on black canvases").
+    """
+    if config.overlay_on_black_background != "drop" or config.l6 <= 0:
+        return config, None
+    share = black_pixel_fraction(x)
+    if share < BLACK_BACKGROUND_FRACTION:
+        return config, None
+    note = (f"R4 (overlay, l6={config.l6:g}) switched off: {share:.0%} of the clean pixels are black, so black"
+            " is the images' background and the trigger alone on black would be asked to draw the class"
+            " (overlay_on_black_background=keep restores it)")
+    return replace(config, l6=0.0), note
 
 
 def default_preset_for(input_shape) -> str:
