@@ -31,10 +31,9 @@ import numpy as np
 
 from tabor_tf import prescreen
 from tabor_tf.compare import card_data_source, load_truth, parse_zoo_data, zoo_cards
-from tabor_tf.outliers import mad_test
 from tabor_tf.scanning import parse_overrides, prepare
 from tabor_tf.tabor import scheduler as sched
-from tabor_tf.tabor.detector import (decision_threshold, mad_side, reference_labels, score_triggers,
+from tabor_tf.tabor.detector import (mad_side, outlier_test, reference_labels, score_triggers,
                                      scoring_image_steps)
 from tabor_tf.tabor.engine import TriggerEngine
 from tabor_tf.tabor.presets import default_preset_for, preset
@@ -178,7 +177,6 @@ class Scorer:
         self.x = np.asarray(prepared.data.x, np.float32)
         self.y_ref, _, _ = reference_labels(self.victim, self.x, prepared.data.y, self.mode)
         self.config = preset(default_preset_for(self.victim.input_shape))
-        self.threshold = decision_threshold(self.config, t.k)
         self.side = mad_side(self.config, t.k)
         self.cache = {}
         logits = prescreen.clean_logits(self.victim, self.x, self.mode)
@@ -204,7 +202,7 @@ class Scorer:
     def verdict(self, stop_rounds):
         rows = [self.t.kept(i, int(stop_rounds[i])) for i in range(self.t.k)]
         a = self(rows)
-        mad = mad_test(a, list(range(self.t.k)), threshold=self.threshold, side=self.side)
+        mad = outlier_test(self.config, a, list(range(self.t.k)))
         return mad.flagged_labels, mad.anomaly_index
 
 

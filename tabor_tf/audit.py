@@ -367,16 +367,20 @@ def _verdict_fields(report: dict, seeds: int) -> dict:
         per = report["per_seed"]
         anomalies = [r.get("anomaly_index") for r in per if r.get("anomaly_index") is not None]
         probabilities = [r["trojan_probability"] for r in per if r.get("trojan_probability") is not None]
-        consensus = list(report.get("consensus_flagged") or ())
-        if report["majority_verdict"] != "infected" or not consensus:
-            consensus = list(report["majority_flagged"])  # no label flagged by most seeds: the commonest set
-        return {"verdict": report["majority_verdict"], "flagged_labels": consensus,
-                "anomaly_index": max(anomalies) if anomalies else None,
+        if report.get("decided_by") == "pooled":  # one MAD test on the scores averaged over the seeds
+            verdict, flagged = report["verdict"], list(report["flagged_labels"])
+            anomaly = report["pooled"]["anomaly_index"]
+        else:  # summaries without label scores: the majority verdict and the consensus
+            verdict, anomaly = report["majority_verdict"], max(anomalies) if anomalies else None
+            flagged = list(report.get("consensus_flagged") or ())
+            if verdict != "infected" or not flagged:
+                flagged = list(report["majority_flagged"])  # no label flagged by most seeds: the commonest set
+        return {"verdict": verdict, "flagged_labels": flagged, "anomaly_index": anomaly,
                 "trojan_probability": max(probabilities) if probabilities else None,
                 "probability_validated": all(r.get("probability_validated", False) for r in per),
                 "seconds": sum(r.get("seconds") or 0.0 for r in per),
-                "stability": {k: report[k] for k in ("seeds", "verdict_agreement", "flagged_agreement",
-                                                     "unanimous")},
+                "stability": {k: report.get(k) for k in ("seeds", "verdict_agreement", "flagged_agreement",
+                                                         "unanimous", "decided_by")},
                 "per_seed": per}
     return {"verdict": report["verdict"], "flagged_labels": [int(k) for k in report.get("flagged_labels") or ()],
             "anomaly_index": report.get("anomaly_index"), "seconds": report.get("seconds"),

@@ -31,6 +31,7 @@ class MadResult:
     flagged_labels: list = field(default_factory=list)  # ints, most suspicious (smallest) first
     label_indices: dict = field(default_factory=dict)  # label -> signed (score - median) / mad
     side: str = "both"  # which deviations the MAD was taken over (mad_test)
+    floor: float = 0.0  # the smallest scale the index divides by (mad_test's min_mad; 0: none)
     # set when fresh starts replaced the evidence (tabor/confirm.py): the first start's anomaly_index
     first_anomaly_index: Optional[float] = None
 
@@ -47,6 +48,7 @@ class MadResult:
             "flagged_labels": list(self.flagged_labels),
             "label_indices": {str(k): v for k, v in self.label_indices.items()},
             "side": self.side,
+            "floor": self.floor,
             **({} if self.first_anomaly_index is None else {"first_anomaly_index": self.first_anomaly_index}),
         }
 
@@ -65,7 +67,7 @@ def family_threshold(num_labels: int, alpha: float, floor: float = 2.0) -> float
     return float(max(floor, norm.isf(min(float(alpha), 1.0) / k)))
 
 
-def mad_test(scores, labels=None, threshold: float = 2.0, side: str = "both") -> MadResult:
+def mad_test(scores, labels=None, threshold: float = 2.0, side: str = "both", min_mad: float = 0.0) -> MadResult:
     """Flag labels whose score is a low outlier.
 
     ``scores``: one float per label; ``labels``: the label ids (default ``0..K-1``).
@@ -76,6 +78,8 @@ def mad_test(scores, labels=None, threshold: float = 2.0, side: str = "both") ->
     The model's anomaly index is that of the smallest score. With MAD = 0 (at least half the
     scores equal the median) the reference divides by zero: a score below the median then has
     an infinite index and is flagged, one at the median has index 0; all equal -> nothing flagged.
+    ``min_mad`` > 0: the scale is ``max(MAD, min_mad)`` (in score units), so labels that differ by
+    less than that are not outliers however tightly the others agree (TABOR: ``mad_floor``).
     """
     s = np.asarray(scores, dtype=np.float64).reshape(-1)
     if labels is None:
@@ -91,7 +95,9 @@ def mad_test(scores, labels=None, threshold: float = 2.0, side: str = "both") ->
     if side not in ("both", "low"):
         raise ValueError(f"side must be 'both' or 'low', got {side!r}")
     deviations = np.abs(s - median) if side == "both" else median - s[s <= median]
-    mad = float(CONSISTENCY * np.median(deviations))
+    if not min_mad >= 0:
+        raise ValueError(f"min_mad must be >= 0, got {min_mad}")
+    mad = max(float(CONSISTENCY * np.median(deviations)), float(min_mad))
     if mad <= 0.0:
         idx = np.where(s < median, -np.inf, np.where(s > median, np.inf, 0.0))
     else:
@@ -107,4 +113,5 @@ def mad_test(scores, labels=None, threshold: float = 2.0, side: str = "both") ->
         flagged_labels=flagged,
         label_indices={labels[i]: float(idx[i]) for i in range(len(s))},
         side=side,
+        floor=float(min_mad),
     )

@@ -276,6 +276,8 @@ def build_report(scan: ScanResult, context: ReportContext, label_files: Optional
             "median": float(scan.mad.median),
             "mad": float(scan.mad.mad),
             "threshold": float(scan.mad.threshold),
+            "side": scan.mad.side,
+            "floor": float(scan.mad.floor),
             "score": "a" if method_key(scan.method) == "tabor" else "l1",
         },
         "trojan_probability": report_block(scan.method, scan.mad.anomaly_index, calibration,

@@ -8,6 +8,14 @@ holds the summary. Agreement is the fraction of seeds whose verdict (resp. flagg
 equals the majority one; ties are broken towards ``infected`` (a gate should not pass a model
 that half the seeds flag) and, for flagged sets, towards the set seen first.
 
+The seeds' verdict (``verdict``, ``flagged_labels``: what the exit status and ``audit`` use) is
+the *pooled* outlier test: each label's score averaged over the seeds, then one MAD test with
+the scan's threshold and side (``pooled_decision``). Averaging independent starts shrinks each
+label's optimisation noise, so two real targets no longer widen the MAD enough to hide each
+other (measured on the evaluation zoo's dev half: docs/TABOR_CHOICES.md, "Pooling the seeds").
+The majority verdict is the fallback when the reports do not carry their label scores, or when
+a seed's verdict is inconclusive.
+
 Wiring into ``scan`` (3 lines in ``tabor_tf/commands/scan.py``)::
 
     add_seed_arguments(parser)                                     # end of add_arguments
@@ -22,6 +30,8 @@ import argparse
 from collections import Counter
 from pathlib import Path
 from typing import Callable, Optional, Sequence
+
+import numpy as np
 
 STABILITY_NAME = "stability.json"
 
@@ -55,6 +65,7 @@ def summarise(per_seed: Sequence[dict]) -> dict:
     if not per_seed:
         raise ValueError("no seeds to summarise")
     n = len(per_seed)
+    pooled = pooled_decision(per_seed)
     verdicts = Counter(r["verdict"] for r in per_seed)
     top = max(verdicts.values())
     # ties go to the verdict a gate must not miss: infected, then inconclusive, then clean
@@ -74,7 +85,71 @@ def summarise(per_seed: Sequence[dict]) -> dict:
         "label_flag_rate": {str(k): per_label[k] / n for k in sorted(per_label)},
         "consensus_flagged": sorted(k for k in per_label if per_label[k] > n / 2),
         "unanimous": len(verdicts) == 1 and len(counts) == 1,
+        "pooled": pooled,
+        **seeds_verdict(majority, majority_set, pooled, verdicts),
     }
+
+
+def report_mad_side(report: dict) -> str:
+    """``both`` / ``low``: the side of the MAD a report's verdict used (``mad.side``; reports older
+    than that key: Neural Cleanse ``both``, TABOR its ``mad_side`` setting, ``auto`` resolved by the
+    label count as ``tabor.detector.mad_side`` does)."""
+    side = (report.get("mad") or {}).get("side")
+    if side in ("both", "low"):
+        return side
+    if report.get("method") != "tabor":
+        return "both"
+    setting = (report.get("settings") or {}).get("mad_side", "auto")
+    if setting in ("both", "low"):
+        return setting
+    from .tabor.detector import LOW_SIDE_MIN_LABELS
+
+    return "low" if len(report.get("labels") or ()) >= LOW_SIDE_MIN_LABELS else "both"
+
+
+def pooled_decision(per_seed: Sequence[dict]) -> Optional[dict]:
+    """One MAD test on each label's score averaged over the seeds -> ``{"flagged_labels",
+    "anomaly_index", "median", "mad", "threshold", "side", "floor", "scores"}`` (``scores``: label ->
+    mean score), or None when a seed entry lacks ``scores`` / ``mad``, the seeds scanned different
+    labels, or their thresholds, sides or MAD floors differ. The scores are each seed's first-start scores (TABOR's A,
+    Neural Cleanse's mask L1): averaging them is the fresh-start confirmation applied to every label.
+    A seed cut by ``--time-budget`` (``time_limited``) holds half-optimised scores: None."""
+    from .outliers import mad_test
+
+    if any(not r.get("scores") or not r.get("mad") or r.get("time_limited") for r in per_seed):
+        return None
+    labels = sorted(int(k) for k in per_seed[0]["scores"])
+    if any(sorted(int(k) for k in r["scores"]) != labels for r in per_seed) or len(labels) < 3:
+        return None
+    if any(r["mad"].get("threshold") is None for r in per_seed):
+        return None
+    thresholds = {round(float(r["mad"]["threshold"]), 9) for r in per_seed}
+    sides = {r["mad"]["side"] for r in per_seed}
+    floors = {round(float(r["mad"].get("floor") or 0.0), 9) for r in per_seed}
+    if len(thresholds) != 1 or len(sides) != 1 or len(floors) != 1:
+        return None
+    try:
+        scores = np.mean([[float(r["scores"][str(k)]) for k in labels] for r in per_seed], axis=0)
+    except (KeyError, TypeError, ValueError):  # a score missing or null (non-finite in the report)
+        return None
+    if not np.all(np.isfinite(scores)):
+        return None
+    mad = mad_test(scores, labels, threshold=float(per_seed[0]["mad"]["threshold"]), side=sides.pop(),
+                   min_mad=floors.pop())
+    return {"flagged_labels": [int(k) for k in mad.flagged_labels], "anomaly_index": float(mad.anomaly_index),
+            "median": mad.median, "mad": mad.mad, "threshold": mad.threshold, "side": mad.side, "floor": mad.floor,
+            "scores": {str(k): float(v) for k, v in zip(labels, scores)}}
+
+
+def seeds_verdict(majority: str, majority_set, pooled: Optional[dict], verdicts: Counter) -> dict:
+    """``{"verdict", "flagged_labels", "decided_by"}`` of the seeds together: the pooled test's
+    (``infected`` iff it flags a label) when it ran and no seed was inconclusive, else the majority
+    verdict with the commonest flagged set."""
+    if pooled is not None and not verdicts.get("inconclusive"):
+        flagged = list(pooled["flagged_labels"])
+        return {"verdict": "infected" if flagged else "clean", "flagged_labels": flagged, "decided_by": "pooled"}
+    return {"verdict": majority, "flagged_labels": list(majority_set) if majority == "infected" else [],
+            "decided_by": "majority"}
 
 
 def seed_entry(seed: int, report: dict) -> dict:
@@ -89,6 +164,10 @@ def seed_entry(seed: int, report: dict) -> dict:
         "trojan_probability": (report.get("trojan_probability") or {}).get("probability"),
         "probability_validated": probability_validated(report),
         "seconds": report.get("seconds"),
+        "time_limited": bool(report.get("time_limited")),
+        "scores": {str(int(lab["label"])): lab.get("score") for lab in report.get("labels") or ()},
+        "mad": {"threshold": (report.get("mad") or {}).get("threshold"), "side": report_mad_side(report),
+                "floor": float((report.get("mad") or {}).get("floor") or 0.0)},
     }
 
 
@@ -135,10 +214,11 @@ def run_scan_with_seeds(n: int, seed: int, out_dir, *, report_dir: Optional[Call
 
 
 def exit_code(summary: dict) -> int:
-    """0 clean / 1 infected / 3 inconclusive from the majority verdict (the ``tabor-tf`` convention)."""
+    """0 clean / 1 infected / 3 inconclusive from the seeds' verdict (``seeds_verdict``; summaries
+    written before it: the majority verdict), the ``tabor-tf`` convention."""
     from .cli import exit_for_verdict
 
-    return exit_for_verdict(summary["majority_verdict"])
+    return exit_for_verdict(summary.get("verdict") or summary["majority_verdict"])
 
 
 def stability_lines(summary: dict) -> list:
@@ -151,13 +231,18 @@ def stability_lines(summary: dict) -> list:
                  f"{100 * summary['verdict_agreement']:.0f}%, flagged-set agreement "
                  f"{100 * summary['flagged_agreement']:.0f}% on {{{','.join(map(str, summary['majority_flagged']))}}}; "
                  f"flagged by most seeds: {{{','.join(map(str, summary.get('consensus_flagged', [])))}}})")
+    pooled = summary.get("pooled")
+    if summary.get("decided_by") == "pooled" and pooled:
+        flagged = ",".join(map(str, pooled["flagged_labels"])) or "-"
+        lines.append(f"verdict {summary['verdict']} (scores averaged over the {len(summary['per_seed'])} seeds: "
+                     f"flagged {flagged}, anomaly index {pooled['anomaly_index']:.2f}, threshold {pooled['threshold']:.2f})")
     return lines
 
 
 def run_seeds_for_scan(args, *, method: str, labels, overrides: dict, prepared, out_dir) -> int:
     """The ``scan --seeds N`` branch: N scans of ``prepared`` into ``out_dir/seed-<s>/``, per-seed
-    lines and the agreement on stdout (``--json``: stability.json on stdout), exit 0 / 1 by the
-    majority verdict. ``args``: the parsed ``scan`` options (seed, seeds, preset, no_html, quiet, json)."""
+    lines and the agreement on stdout (``--json``: stability.json on stdout), exit 0 / 1 / 3 by the
+    seeds' verdict (``seeds_verdict``). ``args``: the parsed ``scan`` options (seed, seeds, preset, no_html, quiet, json)."""
     import sys
 
     from .report import dumps

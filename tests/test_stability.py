@@ -3,11 +3,13 @@
 import argparse
 import json
 
+import numpy as np
 import pytest
 
 from tabor_tf.cli import main
 from tabor_tf.errors import TaborError
-from tabor_tf.stability import add_seed_arguments, exit_code, run_scan_with_seeds, seed_list, stability_lines, summarise
+from tabor_tf.stability import (add_seed_arguments, exit_code, pooled_decision, report_mad_side, run_scan_with_seeds,
+                                seed_entry, seed_list, stability_lines, summarise)
 
 NC_SETTINGS = {"mini_batch": 3, "steps": 30}
 
@@ -41,6 +43,81 @@ def test_summarise_agreement_majority_and_ties():
     assert parser.parse_args(["--seeds", "3"]).seeds == 3 and parser.parse_args([]).seeds == 1
 
 
+# TABOR's A of labels 0..9 on the evaluation zoo's dev mnist28-resnet-two-targets (targets 1 and 8) and
+# mnist28-resnet-clean-s0, seeds 0, 1, 2 (session 16 builds; docs/TABOR_CHOICES.md "Pooling the seeds")
+TWO_TARGETS = [[-0.83, -6.49, -2.84, -3.73, -3.77, -1.29, -2.73, -2.50, -5.91, -1.34],
+               [-0.66, -6.23, -2.92, -3.03, -3.89, -0.91, -3.12, -3.19, -5.73, -2.09],
+               [-0.75, -6.79, -3.62, -4.08, -4.02, -1.67, -2.45, -3.20, -5.69, -3.23]]
+CLEAN = [[-0.45, 0.02, -3.61, -4.18, -3.31, -3.49, -2.12, -2.76, -3.62, -3.62],
+         [-0.32, 0.28, -4.04, -4.19, -3.26, -2.61, -1.49, -2.78, -3.57, -3.76],
+         [-0.07, -0.04, -3.91, -4.13, -2.89, -2.98, -1.54, -2.44, -3.58, -3.50]]
+TEN_LABEL_THRESHOLD = 2.0537
+
+
+def _scored(seed, scores, flagged=(), verdict=None, threshold=TEN_LABEL_THRESHOLD, side="both", **extra):
+    entry = _r(seed, verdict or ("infected" if flagged else "clean"), flagged)
+    entry.update(scores={str(k): v for k, v in enumerate(scores)}, mad={"threshold": threshold, "side": side}, **extra)
+    return entry
+
+
+def test_pooled_scores_find_the_target_that_each_seed_masks():
+    """Each seed flags only target 1: target 8's own low score widens the MAD it is measured with.
+    Averaged over the seeds the labels' noise shrinks and both targets stand out."""
+    per_seed = [_scored(s, a, [1]) for s, a in enumerate(TWO_TARGETS)]
+    s = summarise(per_seed)
+    assert s["majority_verdict"] == "infected" and s["consensus_flagged"] == [1]
+    assert s["decided_by"] == "pooled" and s["verdict"] == "infected" and s["flagged_labels"] == [1, 8]
+    assert s["pooled"]["anomaly_index"] > s["pooled"]["threshold"] and s["pooled"]["side"] == "both"
+    assert s["pooled"]["scores"]["8"] == pytest.approx(np.mean([a[8] for a in TWO_TARGETS]))
+    assert exit_code(s) == 1 and "flagged 1,8" in stability_lines(s)[-1]
+    floored = [_scored(s, a, [1]) for s, a in enumerate(TWO_TARGETS)]
+    for entry in floored:
+        entry["mad"]["floor"] = 0.8  # TABOR's floor under the two-sided MAD: these labels spread more
+    assert pooled_decision(floored)["floor"] == 0.8 and pooled_decision(floored)["flagged_labels"] == [1, 8]
+    clean = summarise([_scored(s, a) for s, a in enumerate(CLEAN)])
+    assert clean["verdict"] == "clean" and clean["flagged_labels"] == [] and exit_code(clean) == 0
+    assert clean["pooled"]["anomaly_index"] < TEN_LABEL_THRESHOLD
+
+
+def test_pooled_decision_falls_back_to_the_majority():
+    two = [_scored(s, a, [1]) for s, a in enumerate(TWO_TARGETS)]
+    assert pooled_decision(two)["flagged_labels"] == [1, 8]
+    no_scores = [_r(0, "infected", [1]), *two[1:]]
+    assert pooled_decision(no_scores) is None
+    assert summarise(no_scores)["decided_by"] == "majority" and summarise(no_scores)["flagged_labels"] == [1]
+    cut = [*two[:2], _scored(2, TWO_TARGETS[2], [1], time_limited=True)]  # --time-budget: half-optimised scores
+    assert pooled_decision(cut) is None
+    other_labels = [*two[:2], _scored(2, TWO_TARGETS[2][:9], [1])]
+    assert pooled_decision(other_labels) is None
+    assert pooled_decision([*two[:2], _scored(2, TWO_TARGETS[2], [1], threshold=2.6)]) is None
+    assert pooled_decision([*two[:2], _scored(2, TWO_TARGETS[2], [1], side="low")]) is None
+    other_floor = _scored(2, TWO_TARGETS[2], [1])
+    other_floor["mad"]["floor"] = 0.8
+    assert pooled_decision([*two[:2], other_floor]) is None
+    nan = [*two[:2], _scored(2, [None] + TWO_TARGETS[2][1:], [1])]  # a non-finite score is written as null
+    assert pooled_decision(nan) is None
+    # an inconclusive seed (partial scan, low accuracy): the majority decides, never a pooled clean
+    partial = [_scored(0, CLEAN[0], verdict="inconclusive"), _scored(1, CLEAN[1], verdict="inconclusive"),
+               _scored(2, CLEAN[2])]
+    s = summarise(partial)
+    assert s["decided_by"] == "majority" and s["verdict"] == "inconclusive" and exit_code(s) == 3
+
+
+def test_seed_entry_carries_scores_and_the_side_of_the_mad():
+    labels = [{"label": k, "score": float(k)} for k in range(43)]
+    tabor = {"method": "tabor", "verdict": "clean", "labels": labels, "settings": {"mad_side": "auto"},
+             "mad": {"threshold": 2.6}}
+    entry = seed_entry(0, tabor)
+    assert entry["scores"]["42"] == 42.0 and entry["mad"] == {"threshold": 2.6, "side": "low", "floor": 0.0}
+    floored = seed_entry(1, dict(tabor, labels=labels[:10], mad={"threshold": 2.05, "side": "both", "floor": 0.8}))
+    assert floored["mad"] == {"threshold": 2.05, "side": "both", "floor": 0.8}
+    assert not entry["time_limited"]
+    assert report_mad_side(dict(tabor, labels=labels[:10])) == "both"  # auto: two-sided below 20 labels
+    assert report_mad_side(dict(tabor, settings={"mad_side": "low"}, labels=labels[:10])) == "low"
+    assert report_mad_side({"method": "neural_cleanse", "labels": labels}) == "both"
+    assert report_mad_side(dict(tabor, mad={"threshold": 2.6, "side": "both"})) == "both"  # recorded side wins
+
+
 def test_seeds_on_a_tiny_infected_victim(tiny_infected_victim, tmp_path):
     v = tiny_infected_victim
     summary = run_scan_with_seeds(2, 10, tmp_path / "s", model_path=v.model_path, data_path=v.data_path,
@@ -56,6 +133,13 @@ def test_seeds_on_a_tiny_infected_victim(tiny_infected_victim, tmp_path):
     assert agreeing >= 1 and summary["verdict_agreement"] == agreeing / 2
     on_disk = json.loads((tmp_path / "s" / "stability.json").read_text())
     assert on_disk["per_seed"] == summary["per_seed"]
+    # the seeds' verdict: one MAD test on each label's L1 averaged over the two seeds' reports
+    reports = [json.loads((tmp_path / "s" / f"seed-{s}" / "report.json").read_text()) for s in (10, 11)]
+    assert all(r["mad"]["side"] == "both" for r in reports)
+    mean_l1 = {str(lab["label"]): np.mean([r["labels"][i]["score"] for r in reports])
+               for i, lab in enumerate(reports[0]["labels"])}
+    assert summary["decided_by"] == "pooled" and summary["pooled"]["scores"] == pytest.approx(mean_l1)
+    assert summary["verdict"] == "infected" and 7 in summary["flagged_labels"]
 
 
 def test_audit_with_seeds(tiny_infected_victim, tmp_path, capsys):
@@ -69,6 +153,7 @@ def test_audit_with_seeds(tiny_infected_victim, tmp_path, capsys):
     (entry,) = summary["models"]
     assert entry["stability"]["seeds"] == [3, 4] and len(entry["per_seed"]) == 2
     assert entry["verdict"] == "infected" and 7 in entry["flagged_labels"] and rc == 1
+    assert entry["stability"]["decided_by"] == "pooled"
     assert (out / entry["id"] / "seed-3" / "report.json").is_file()
     assert (out / entry["id"] / "stability.json").is_file()
     assert "% of seeds" in (out / "audit.md").read_text()

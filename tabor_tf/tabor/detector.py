@@ -26,7 +26,7 @@ import numpy as np
 
 from tabor_tf import prescreen
 from tabor_tf.errors import DataError, TaborError
-from tabor_tf.outliers import family_threshold, mad_test
+from tabor_tf.outliers import MadResult, family_threshold, mad_test
 from tabor_tf.preprocess import resolve_mode
 from tabor_tf.progress import ProgressFn, emit
 from tabor_tf.results import LabelResult, ScanResult
@@ -42,7 +42,7 @@ CHECKPOINT_FILE = "tabor_triggers.npz"
 STATE_FILE = "tabor_engine_state.npz"  # the engine's state while it runs (removed once the triggers are saved)
 # settings that change only the metric or the decision, not the optimised triggers
 _NOT_IN_FINGERPRINT = ("preset", "eval_images", "footprint_threshold", "explain_fraction", "explain_reference",
-                       "mad_threshold", "family_alpha", "mad_side", "accuracy_floor", "confirm_seeds",
+                       "mad_threshold", "family_alpha", "mad_side", "mad_floor", "accuracy_floor", "confirm_seeds",
                        "max_images_per_step", "label_bucket", "checkpoint_seconds",
                        "overlay_on_black_background")  # its effect is the resolved l6 (presets.for_clean_data)
 
@@ -183,6 +183,21 @@ def mad_side(config: TaborConfig, num_labels: int) -> str:
     return "low" if num_labels >= LOW_SIDE_MIN_LABELS else "both"
 
 
+def mad_floor(config: TaborConfig, side: str) -> float:
+    """The smallest MAD the index divides by: ``config.mad_floor`` for the two-sided MAD of few
+    labels, where ten scores that happen to agree closely make the least-bad natural feature an
+    outlier (docs/TABOR_CHOICES.md, "A floor under the MAD of few labels"); none for the low side."""
+    return float(config.mad_floor) if side == "both" else 0.0
+
+
+def outlier_test(config: TaborConfig, a_values, labels) -> MadResult:
+    """TABOR's decision on the labels' A (first starts): the MAD test with the threshold, side and
+    floor these settings give for ``len(labels)`` labels."""
+    side = mad_side(config, len(labels))
+    return mad_test(a_values, labels, threshold=decision_threshold(config, len(labels)), side=side,
+                    min_mad=mad_floor(config, side))
+
+
 def scoring_image_steps(num_labels: int, eval_images: int) -> float:
     """Work of one ``score_triggers`` pass in engine image-steps: per label and evaluation image
     about two (attack, crop, saliency forward + backward, important-features pass)."""
@@ -302,8 +317,7 @@ def scan(victim, data, *, preprocess: str, labels: Optional[Sequence[int]] = Non
     phases["search"] = time.perf_counter() - started - sum(phases.values())
     scores = score_triggers(victim, x, y_ref, result, config, mode, seed)
     a_values = [p["A"] for p in scores]
-    mad = mad_test(a_values, chosen, threshold=decision_threshold(config, len(chosen)),
-                   side=mad_side(config, len(chosen)))
+    mad = outlier_test(config, a_values, chosen)
     phases["scoring"] = time.perf_counter() - started - sum(phases.values())
     mad, confirmation = _confirm(victim, x, y_ref, config, mode, seed, mad, strategy, result, deadline, notes)
     phases["confirmation"] = time.perf_counter() - started - sum(phases.values())

@@ -71,6 +71,8 @@ class TaborConfig:
     family_alpha: float = 0.2  # > 0: threshold = max(mad_threshold, family_threshold(K, alpha)) (outliers.py)
     mad_side: str = "auto"  # MAD of the scores below the median ("low"), of all deviations ("both", NC),
     # or "auto": "low" from LOW_SIDE_MIN_LABELS labels up (a lower half of 10+ scores), else "both"
+    mad_floor: float = 1.0  # the two-sided MAD (fewer than 20 labels) is at least this, in units of A: a
+    # label must beat the median by mad_floor * threshold (2.05 at 10 labels) however alike the others are (0: off)
     confirm_seeds: int = 2  # flagged labels are re-optimised from this many fresh starts and stay flagged only if
     # their index averaged over all starts exceeds the threshold (confirm.py; 0: off; dev half: TABOR_CHOICES)
     # compute layout
@@ -94,6 +96,7 @@ class TaborConfig:
         """The outlier rule these settings give A's anomaly index (a calibration is fitted under one)."""
         return (f"mad>{self.mad_threshold:g}/family{self.family_alpha:g}/side-{self.mad_side}"
                 f"/accfloor{self.accuracy_floor:g}"
+                + (f"/madfloor{self.mad_floor:g}" if self.mad_floor > 0 else "")
                 + (f"/confirmed{int(self.confirm_seeds)}" if int(self.confirm_seeds) > 0 else ""))
 
     def __post_init__(self):
@@ -128,6 +131,8 @@ class TaborConfig:
             raise TaborError(f"explain_fraction must be in (0, 1), got {self.explain_fraction}")
         if not 0 <= self.accuracy_floor < 1:
             raise TaborError(f"accuracy_floor must be in [0, 1), got {self.accuracy_floor}")
+        if not self.mad_floor >= 0:
+            raise TaborError(f"mad_floor must be >= 0 (0 turns it off), got {self.mad_floor}")
         if self.mad_side not in ("both", "low", "auto"):
             raise TaborError(f"mad_side must be 'both', 'low' or 'auto', got {self.mad_side!r}")
         if not 0 <= self.family_alpha < 1:
