@@ -75,6 +75,13 @@ def test_checkpoint_reuse_unlabelled_data_and_input_errors(tiny_infected_victim,
     assert all(e.message.startswith("label") for e in events) and any("reused" in n for n in again.notes)
     for a, b in zip(first.labels, again.labels):
         np.testing.assert_array_equal(a.mask, b.mask)
+    # the floor under the few-label MAD is a decision setting too; where it sets the scale, the scan says so
+    floored = scan(victim, data.x, preprocess="unit", labels=[0, 7, 3], checkpoint_dir=tmp_path,
+                   config=fast(steps=16, round_steps=8, eval_images=60, mad_floor=1000.0))
+    assert any("reused" in n for n in floored.notes) and floored.flagged_labels == []
+    assert floored.mad.mad == floored.mad.floor == 1000.0 and floored.mad.side == "both"
+    assert any("agree closely" in n and "mad_floor" in n for n in floored.notes)
+    assert [r.score for r in floored.labels] == [r.score for r in first.labels]
     with pytest.raises(DataError, match="shape"):
         scan(victim, data.x[:, :16], preprocess="unit", config=cfg)
     with pytest.raises(TaborError, match="at least 3"):

@@ -318,6 +318,11 @@ def scan(victim, data, *, preprocess: str, labels: Optional[Sequence[int]] = Non
     scores = score_triggers(victim, x, y_ref, result, config, mode, seed)
     a_values = [p["A"] for p in scores]
     mad = outlier_test(config, a_values, chosen)
+    if mad.floor > 0 and mad.mad <= mad.floor:
+        raw = mad_test(a_values, chosen, threshold=mad.threshold, side=mad.side).mad
+        notes.append(f"the labels' scores agree closely (MAD of A {raw:.2f}): the anomaly index divides by the"
+                     f" floor {mad.floor:g} instead, so a label must beat the median A by"
+                     f" {mad.floor * mad.threshold:.2f} to be flagged (mad_floor)")
     phases["scoring"] = time.perf_counter() - started - sum(phases.values())
     mad, confirmation = _confirm(victim, x, y_ref, config, mode, seed, mad, strategy, result, deadline, notes)
     phases["confirmation"] = time.perf_counter() - started - sum(phases.values())
