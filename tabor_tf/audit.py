@@ -367,10 +367,11 @@ def _verdict_fields(report: dict, seeds: int) -> dict:
         per = report["per_seed"]
         anomalies = [r.get("anomaly_index") for r in per if r.get("anomaly_index") is not None]
         probabilities = [r["trojan_probability"] for r in per if r.get("trojan_probability") is not None]
-        if report.get("decided_by") == "pooled":  # one MAD test on the scores averaged over the seeds
+        if "verdict" in report:  # the seeds' verdict (stability.seeds_verdict): pooled, or the majority
             verdict, flagged = report["verdict"], list(report["flagged_labels"])
-            anomaly = report["pooled"]["anomaly_index"]
-        else:  # summaries without label scores: the majority verdict and the consensus
+            pooled = report["pooled"] if report.get("decided_by") == "pooled" else None
+            anomaly = pooled["anomaly_index"] if pooled else (max(anomalies) if anomalies else None)
+        else:  # a summary written before session 16: the majority verdict and the consensus
             verdict, anomaly = report["majority_verdict"], max(anomalies) if anomalies else None
             flagged = list(report.get("consensus_flagged") or ())
             if verdict != "infected" or not flagged:

@@ -75,6 +75,7 @@ def summarise(per_seed: Sequence[dict]) -> dict:
     best = max(counts.values())
     majority_set = next(s for s in sets if counts[s] == best)
     per_label = Counter(k for labels in sets for k in labels)
+    consensus = sorted(k for k in per_label if per_label[k] > n / 2)
     return {
         "seeds": [int(r["seed"]) for r in per_seed],
         "per_seed": [dict(r) for r in per_seed],
@@ -83,10 +84,10 @@ def summarise(per_seed: Sequence[dict]) -> dict:
         "majority_flagged": list(majority_set),
         "flagged_agreement": counts[majority_set] / n,
         "label_flag_rate": {str(k): per_label[k] / n for k in sorted(per_label)},
-        "consensus_flagged": sorted(k for k in per_label if per_label[k] > n / 2),
+        "consensus_flagged": consensus,
         "unanimous": len(verdicts) == 1 and len(counts) == 1,
         "pooled": pooled,
-        **seeds_verdict(majority, majority_set, pooled, verdicts),
+        **seeds_verdict(majority, majority_set, consensus, pooled, verdicts),
     }
 
 
@@ -111,9 +112,10 @@ def pooled_decision(per_seed: Sequence[dict]) -> Optional[dict]:
     """One MAD test on each label's score averaged over the seeds -> ``{"flagged_labels",
     "anomaly_index", "median", "mad", "threshold", "side", "floor", "scores"}`` (``scores``: label ->
     mean score), or None when a seed entry lacks ``scores`` / ``mad``, the seeds scanned different
-    labels, or their thresholds, sides or MAD floors differ. The scores are each seed's first-start scores (TABOR's A,
-    Neural Cleanse's mask L1): averaging them is the fresh-start confirmation applied to every label.
-    A seed cut by ``--time-budget`` (``time_limited``) holds half-optimised scores: None."""
+    labels, or their thresholds, sides or MAD floors differ. The scores are each seed's first-start
+    scores (TABOR's A, Neural Cleanse's mask L1): averaging them is the fresh-start confirmation
+    applied to every label. A seed cut by ``--time-budget`` (``time_limited``) holds half-optimised
+    scores: None."""
     from .outliers import mad_test
 
     if any(not r.get("scores") or not r.get("mad") or r.get("time_limited") for r in per_seed):
@@ -141,15 +143,15 @@ def pooled_decision(per_seed: Sequence[dict]) -> Optional[dict]:
             "scores": {str(k): float(v) for k, v in zip(labels, scores)}}
 
 
-def seeds_verdict(majority: str, majority_set, pooled: Optional[dict], verdicts: Counter) -> dict:
+def seeds_verdict(majority: str, majority_set, consensus, pooled: Optional[dict], verdicts: Counter) -> dict:
     """``{"verdict", "flagged_labels", "decided_by"}`` of the seeds together: the pooled test's
     (``infected`` iff it flags a label) when it ran and no seed was inconclusive, else the majority
-    verdict with the commonest flagged set."""
+    verdict with the labels flagged by most seeds (the commonest flagged set when no label is)."""
     if pooled is not None and not verdicts.get("inconclusive"):
         flagged = list(pooled["flagged_labels"])
         return {"verdict": "infected" if flagged else "clean", "flagged_labels": flagged, "decided_by": "pooled"}
-    return {"verdict": majority, "flagged_labels": list(majority_set) if majority == "infected" else [],
-            "decided_by": "majority"}
+    flagged = list(consensus) if majority == "infected" and consensus else list(majority_set)
+    return {"verdict": majority, "flagged_labels": flagged if majority != "clean" else [], "decided_by": "majority"}
 
 
 def seed_entry(seed: int, report: dict) -> dict:

@@ -32,6 +32,9 @@ def test_summarise_agreement_majority_and_ties():
     varied = summarise([_r(0, "infected", [7, 20]), _r(1, "infected", [7, 33]), _r(2, "infected", [7])])
     assert varied["flagged_agreement"] == pytest.approx(1 / 3) and varied["consensus_flagged"] == [7]
     assert "flagged by most seeds: {7}" in stability_lines(varied)[-1]
+    # without label scores to pool, the seeds' verdict is the majority's with the consensus labels
+    assert varied["decided_by"] == "majority" and varied["verdict"] == "infected" and varied["flagged_labels"] == [7]
+    assert same["verdict"] == "clean" and same["flagged_labels"] == []
     assert same["consensus_flagged"] == [] and same["label_flag_rate"] == {}
     assert seed_list(4, 3) == [4, 5, 6]
     with pytest.raises(TaborError):
