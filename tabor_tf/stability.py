@@ -93,19 +93,19 @@ def summarise(per_seed: Sequence[dict]) -> dict:
 
 def report_mad_side(report: dict) -> str:
     """``both`` / ``low``: the side of the MAD a report's verdict used (``mad.side``; reports older
-    than that key: Neural Cleanse ``both``, TABOR its ``mad_side`` setting, ``auto`` resolved by the
-    label count as ``tabor.detector.mad_side`` does)."""
+    than that key: Neural Cleanse ``both``, TABOR its ``mad_side`` setting, resolved by the label
+    count with ``tabor.detector.resolve_mad_side``)."""
     side = (report.get("mad") or {}).get("side")
     if side in ("both", "low"):
         return side
     if report.get("method") != "tabor":
         return "both"
     setting = (report.get("settings") or {}).get("mad_side", "auto")
-    if setting in ("both", "low"):
-        return setting
-    from .tabor.detector import LOW_SIDE_MIN_LABELS
+    if setting not in ("both", "low", "auto"):
+        setting = "auto"
+    from .tabor.detector import resolve_mad_side
 
-    return "low" if len(report.get("labels") or ()) >= LOW_SIDE_MIN_LABELS else "both"
+    return resolve_mad_side(setting, len(report.get("labels") or ()))
 
 
 def pooled_decision(per_seed: Sequence[dict]) -> Optional[dict]:

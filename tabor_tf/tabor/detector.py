@@ -175,12 +175,17 @@ def decision_threshold(config: TaborConfig, num_labels: int) -> float:
 LOW_SIDE_MIN_LABELS = 20  # below this the lower half holds too few scores for its own MAD (TABOR_CHOICES)
 
 
-def mad_side(config: TaborConfig, num_labels: int) -> str:
-    """``both`` or ``low``: which deviations the MAD is taken over (``auto``: ``low`` from
-    ``LOW_SIDE_MIN_LABELS`` labels up)."""
-    if config.mad_side != "auto":
-        return config.mad_side
+def resolve_mad_side(setting: str, num_labels: int) -> str:
+    """``both`` or ``low`` for a ``mad_side`` setting: ``auto`` is ``low`` from ``LOW_SIDE_MIN_LABELS``
+    labels up, ``both`` below."""
+    if setting != "auto":
+        return setting
     return "low" if num_labels >= LOW_SIDE_MIN_LABELS else "both"
+
+
+def mad_side(config: TaborConfig, num_labels: int) -> str:
+    """``both`` or ``low``: which deviations the MAD is taken over (``resolve_mad_side``)."""
+    return resolve_mad_side(config.mad_side, num_labels)
 
 
 def mad_floor(config: TaborConfig, side: str) -> float:
