@@ -14,8 +14,9 @@ tabor --out DIR`` (or ``tabor-tf scan``), re-load the saved per-label triggers
   default), 0.10, 0.20, q tied to the footprint (|F| / HW and 2 |F| / HW, at least 0.05), the
   black reference ("the important features alone", section 4.2.3), and no explanation part.
 * ``--complete``: trigger completion (``tabor_tf.completion``, the default settings) run again
-  on the flagged labels, with and without pruning, and the F1 of each trigger against the true
-  mask (verdicts never depend on it, so a finished scan's triggers suffice).
+  on the flagged labels: without pruning or tidying, with pruning, with pruning and tidying (the
+  default), and the F1 of each trigger against the true mask (verdicts never depend on it, so a
+  finished scan's triggers suffice).
 * ``--alone``: each true trigger of the card stamped alone on a black image (R4's input): the
   model's probability of its target there (docs/TABOR_CHOICES.md, "R4 on black canvases").
 * ``--canvas``: the true triggers alone on other canvases R4 could use (mid-grey, the mean clean
@@ -269,12 +270,13 @@ def complete_again(scan: Scan) -> dict:
         row = {"minimal_l1": round(float(scan.masks[i].sum()), 1)}
         if gt is not None:
             row["minimal_f1"] = round(trigger_fidelity(scan.masks[i], gt)["f1"], 3)
-        for name, settings in (("no prune", CompletionSettings(prune_ratio=0.0)), ("prune", CompletionSettings())):
+        for name, settings in (("no prune", CompletionSettings(prune_ratio=0.0, tidy_share=0.0)),
+                               ("prune", CompletionSettings(tidy_share=0.0)), ("prune + tidy", CompletionSettings())):
             c = complete_trigger(scan.victim, scan.x, scan.mode, lab, scan.masks[i], scan.patterns[i],
                                  settings=settings, seed=scan.seed, y=scan.y, natural_l1=natural)
             summary = c.summary()
             row[name] = {"l1": round(summary["l1"], 1), "accepted_rounds": summary["accepted_rounds"],
-                         "prune": summary.get("prune")}
+                         "prune": summary.get("prune"), "tidy": summary.get("tidy")}
             if gt is not None:
                 row[name]["f1"] = round(trigger_fidelity(c.mask, gt)["f1"], 3)
         out[str(lab)] = row

@@ -8,11 +8,13 @@ the next search finds another small subset of them. Before peeling, the restored
 *pruned*: the smallest trigger inside its own support, searched with the mask's L1 as the only
 term, replaces it when it works at half the cost or less (TABOR's R4 asks the trigger alone, on
 a black image, to be classified as the target; on MNIST-like inputs, black canvases, that grows
-every restored trigger into a drawing of the class around the real trigger). It stops when the cheapest trigger left is
-no longer small (the model's natural features of the label, not the backdoor) or no longer
-works. The completed trigger is the union of the accepted rounds. The verdict never depends on
+every restored trigger into a drawing of the class around the real trigger). It stops when the
+cheapest trigger left is no longer small (the model's natural features of the label, not the
+backdoor) or no longer works. The completed trigger is the union of the accepted rounds,
+*tidied*: only its main connected pieces are kept when they still work, since each round's
+cheapest trigger also holds stray pixels away from the real one. The verdict never depends on
 it: it runs after the decision, only for flagged labels (docs/TABOR_CHOICES.md, "Trigger
-completion").
+completion" and "Tidying the completed trigger").
 
 Shapes: images ``x_raw`` ``[N, H, W, C]`` raw 0..255; masks ``[H, W]`` in [0, 1]; patterns
 ``[H, W, C]`` raw 0..255.
@@ -46,7 +48,10 @@ class CompletionSettings:
     peeling, the smallest trigger *inside* the restored one's support is searched (no other
     term than the mask's L1: what R4 or the augmentation added to it without need falls away);
     it replaces the restored trigger when it works and its mask L1 is at most this fraction of
-    the restored one's (0: no pruning)."""
+    the restored one's (0: no pruning); ``tidy_share``: after peeling, the completed trigger keeps
+    only the 8-connected pieces of its support (``support_level``) whose mask mass is at least this
+    share of the largest piece's, and any other piece that works alone, when what is left still
+    works (stray pixels of the rounds fall away; 0: no tidying)."""
 
     rounds: int = 6
     steps: int = 150
@@ -60,6 +65,7 @@ class CompletionSettings:
     init_cost: float = 1e-3
     eval_images: int = 200
     prune_ratio: float = 0.5
+    tidy_share: float = 0.5
 
     def __post_init__(self):
         if int(self.rounds) < 0 or int(self.steps) < 1 or int(self.batch_size) < 1:
@@ -70,6 +76,8 @@ class CompletionSettings:
             raise TaborError("completion: max_growth, natural_fraction and lr must be positive")
         if not 0 <= float(self.prune_ratio) <= 1:
             raise TaborError(f"completion: prune_ratio must lie in [0, 1], got {self.prune_ratio}")
+        if not 0 <= float(self.tidy_share) <= 1:
+            raise TaborError(f"completion: tidy_share must lie in [0, 1], got {self.tidy_share}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -85,6 +93,8 @@ class Completion:
     rounds: list = field(default_factory=list)  # per round: {"l1", "attack_success", "accepted", "steps"}
     stop: str = ""  # why peeling ended
     prune: Optional[dict] = None  # {"l1_before", "l1", "attack_success", "accepted", "steps"}; None: not tried
+    tidy: Optional[dict] = None  # {"l1_before", "l1", "pieces", "kept_pieces", "kept_alone", "attack_success",
+    # "accepted"}; None: off
 
     def summary(self) -> dict:
         out = {"label": int(self.label), "l1": float(np.sum(self.mask, dtype=np.float64)),
@@ -92,6 +102,8 @@ class Completion:
                "stop": self.stop}
         if self.prune is not None:
             out["prune"] = self.prune
+        if self.tidy is not None:
+            out["tidy"] = self.tidy
         return out
 
 
@@ -100,6 +112,26 @@ def support(mask, level: float) -> np.ndarray:
     m = np.asarray(mask, np.float64)
     peak = float(m.max()) if m.size else 0.0
     return m >= level * peak if peak > 0 else np.zeros(m.shape, bool)
+
+
+def _pieces(mask, level: float) -> tuple:
+    """The 8-connected pieces of ``mask``'s support (``support(mask, level)``) -> ``(ids [H, W] int,
+    0 outside; mass [n]: each piece's mask sum)``."""
+    from scipy import ndimage
+
+    m = np.asarray(mask, np.float64)
+    ids, n = ndimage.label(support(m, level), structure=np.ones((3, 3), bool))
+    return ids, np.asarray(ndimage.sum(m, ids, index=np.arange(1, n + 1)) if n else [], np.float64).reshape(-1)
+
+
+def main_pieces(mask, level: float, share: float) -> tuple:
+    """The 8-connected pieces of ``mask``'s support (``support(mask, level)``) whose mask mass is at
+    least ``share`` times the largest piece's -> ``(keep [H, W] bool, pieces, kept pieces)``."""
+    ids, mass = _pieces(mask, level)
+    if not len(mass):
+        return np.zeros(ids.shape, bool), 0, 0
+    kept = [k + 1 for k in range(len(mass)) if mass[k] >= float(share) * float(mass.max())]
+    return np.isin(ids, kept), int(len(mass)), len(kept)
 
 
 class _Peeler:
@@ -333,8 +365,44 @@ def complete_triggers(victim, x_raw: np.ndarray, mode: str, labels, masks, patte
         report(r, [labels[i] for i in peeling])
         if not peeling:
             break
+    tidied = [None] * len(labels)
+    if float(s.tidy_share) > 0:
+        for i in range(len(labels)):
+            best_masks[i], tidied[i] = _tidy(peeler, splits[i][0], labels[i], best_masks[i], best_patterns[i], s)
     return [Completion(label=label, mask=best_masks[i], pattern=best_patterns[i], rounds=rounds[i], stop=stops[i],
-                       prune=pruned[i]) for i, label in enumerate(labels)]
+                       prune=pruned[i], tidy=tidied[i]) for i, label in enumerate(labels)]
+
+
+TIDY_ALONE_TESTS = 8  # tidying tries at most this many of the dropped pieces alone (largest first)
+
+
+def _tidy(peeler: "_Peeler", x_eval: np.ndarray, label: int, mask: np.ndarray, pattern: np.ndarray,
+          s: CompletionSettings) -> tuple:
+    """The completed trigger without its stray pixels -> ``(mask [H, W], record)``.
+
+    Kept: the main pieces of its support (``main_pieces``: level ``s.support_level``, mass at least
+    ``s.tidy_share`` of the largest piece's), and every other piece that works alone on the held-out
+    ``x_eval`` (a second trigger of the same target is a piece of its own; at most
+    ``TIDY_ALONE_TESTS`` are tried). The tidied trigger replaces ``mask`` when it works, else
+    ``mask`` stays. Each round, and the prune, keep the cheapest trigger that works, so a round's
+    pixels away from the real trigger are the search's noise, not the backdoor
+    (docs/TABOR_CHOICES.md, "Tidying the completed trigger")."""
+    ids, mass = _pieces(mask, s.support_level)
+    record = {"l1_before": float(np.sum(mask, dtype=np.float64)), "pieces": int(len(mass))}
+    if not len(mass):
+        record.update(l1=record["l1_before"], kept_pieces=0, kept_alone=0, attack_success=0.0, accepted=False)
+        return mask, record
+    main = [k + 1 for k in range(len(mass)) if mass[k] >= float(s.tidy_share) * float(mass.max())]
+    others = sorted((k + 1 for k in range(len(mass)) if k + 1 not in main), key=lambda k: -mass[k - 1])
+    alone = [k for k in others[:TIDY_ALONE_TESTS]
+             if peeler.attack_success(x_eval, label, np.where(ids == k, mask, 0.0).astype(np.float32), pattern)
+             >= s.attack_threshold]
+    tidy = np.where(np.isin(ids, main + alone), mask, 0.0).astype(np.float32)
+    success = peeler.attack_success(x_eval, label, tidy, pattern)
+    accepted = bool(success >= s.attack_threshold)
+    record.update(l1=float(np.sum(tidy, dtype=np.float64)), kept_pieces=len(main) + len(alone), kept_alone=len(alone),
+                  attack_success=float(success), accepted=accepted)
+    return (tidy if accepted else mask), record
 
 
 def _split(x_raw: np.ndarray, y, label: int, seed: int, s: CompletionSettings) -> tuple:
