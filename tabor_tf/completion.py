@@ -405,6 +405,13 @@ def _tidy(peeler: "_Peeler", x_eval: np.ndarray, label: int, mask: np.ndarray, p
     return (tidy if accepted else mask), record
 
 
+def _tidy_text(record: Optional[dict]) -> str:
+    """``"; tidied: 2 of 9 pieces kept"`` when tidying dropped pieces, else ``""``."""
+    if not record or not record["accepted"] or record["kept_pieces"] == record["pieces"]:
+        return ""
+    return f"; tidied: {record['kept_pieces']} of {record['pieces']} pieces kept"
+
+
 def _split(x_raw: np.ndarray, y, label: int, seed: int, s: CompletionSettings) -> tuple:
     """Clean images of labels other than ``label`` -> ``(x_eval, x_fit, rng)``: the held-out images
     a trigger's attack success is measured on, the images the searches fit on, and the rng the
@@ -500,7 +507,7 @@ def complete_flagged(result, victim, x_raw: np.ndarray, y, mode: str, *, setting
         emit(progress, method=result.method, labels_done=len(result.labels), labels_total=len(result.labels),
              step=len(out.rounds), max_steps=int(s.rounds), label=out.label,
              message=f"label {out.label}: trigger completed in {len(out.rounds)} rounds, L1 {lr.l1:.1f} ->"
-                     f" {float(np.sum(out.mask)):.1f} ({out.stop})")
+                     f" {float(np.sum(out.mask)):.1f} ({out.stop}{_tidy_text(out.tidy)})")
     if deadline is not None and any(out.stop == "the time budget ran out" for out in outs):
         result.notes.append(f"trigger completion cut short for labels "
                             f"{[o.label for o in outs if o.stop == 'the time budget ran out']}: the time budget ran out")

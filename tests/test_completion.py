@@ -209,6 +209,9 @@ def test_tidying_drops_stray_pixels_and_keeps_a_working_trigger(tiny_infected_vi
     assert after["precision"] > before["precision"] and after["recall"] >= before["recall"] - 0.05
     assert after["f1"] > before["f1"], (before, after)
     assert tidy.summary()["tidy"]["l1"] < tidy.summary()["tidy"]["l1_before"]
+    from tabor_tf.completion import _tidy_text
+
+    assert _tidy_text(tidy.tidy) == f"; tidied: 1 of {tidy.tidy['pieces']} pieces kept" and _tidy_text(loose.tidy) == ""
 
 
 def test_tidying_never_drops_the_piece_that_is_the_trigger(tiny_infected_victim):
