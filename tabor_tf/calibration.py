@@ -41,6 +41,8 @@ import numpy as np
 DEFAULT_PATH = Path(__file__).parent / "assets" / "calibration.json"
 # a held-out AUC below this does not make the probability a usable number (0.5 = chance)
 MIN_USEFUL_AUC = 0.75
+# held-out figures from fewer models than this are rough: the probability stays provisional
+MIN_HELDOUT_MODELS = 10
 MAPPING = "p = sigmoid(a * log(1 + max(anomaly_index, 0)) + b)"
 TEST_SPLIT = "test split"  # heldout_kind of figures measured on models outside the fit (fit --test)
 EPS = 1e-7
@@ -91,6 +93,9 @@ class Calibration:
                      else f"on the fitting zoo ({self.heldout_kind})")
             reasons.append(f"its held-out AUC {where} is {self.heldout_auc:.2f}, below"
                            f" {MIN_USEFUL_AUC:.2f}: the index does not separate clean from infected there")
+        elif self.heldout_models < MIN_HELDOUT_MODELS:
+            reasons.append(f"its held-out AUC ({self.heldout_auc:.2f}) rests on {self.heldout_models} models only,"
+                           f" fewer than {MIN_HELDOUT_MODELS}")
         if model is not None:
             unlike = _outside_domain(self.domain, model)
             if unlike:
@@ -527,8 +532,9 @@ def main(argv=None) -> int:
         print(f"tabor-tf: cannot fit {line}", file=sys.stderr)
     for cal in fitted:
         print(describe(cal))
-        if cal.heldout_models < 10:
-            print(f"{'':<15} only {cal.heldout_models} held-out models: the held-out figures are rough")
+        if cal.heldout_models < MIN_HELDOUT_MODELS:
+            print(f"{'':<15} only {cal.heldout_models} held-out models: the held-out figures are rough"
+                  " (the probability stays PROVISIONAL)")
     if args.out and fitted:
         kept = []
         if Path(args.out).is_file():  # keep the methods this zoo could not fit from the file replaced

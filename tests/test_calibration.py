@@ -86,7 +86,7 @@ def test_pairs_from_compare_and_defaults(tmp_path):
     assert "PROVISIONAL" in probability_line({"trojan_probability": block})
     earlier = replace(default, decision_rule=None)  # indices of an earlier rule: provisional until refitted
     assert "earlier decision rule" in probability_line({"trojan_probability": report_block("tabor", 5.0, earlier)})
-    current = replace(default, heldout_auc=0.9, decision_rule=decision_rule("tabor"))
+    current = replace(default, heldout_auc=0.9, test_models=10, decision_rule=decision_rule("tabor"))
     assert current.provisional_reasons() == []
     assert report_block("nc", None)["probability"] is None
     assert report_block("tabor", float("inf"))["probability"] == 1.0
@@ -149,7 +149,9 @@ def test_fit_subcommand_on_a_zoo_output_folder(tmp_path, capsys):
         assert cal.heldout_auc is not None and cal.heldout_cross_entropy is not None
     # the infinite TABOR index (null + flagged) is the strongest evidence
     assert load_default("tabor", target).probability(np.inf) == 1.0
-    assert main(["show", str(target)]) == 0 and "[fitted]" in capsys.readouterr().out
+    # 5 models, leave-one-out: fitted, but its held-out figures are too few to validate the probability
+    assert main(["show", str(target)]) == 0 and "[provisional]" in capsys.readouterr().out
+    assert any("rests on 5 models only" in r for r in load_default("tabor", target).provisional_reasons())
     assert main(["show", str(tmp_path / "nope.json")]) == 2
 
 
@@ -196,7 +198,10 @@ def test_fit_on_dev_measured_on_test_split(tmp_path, capsys):
     assert "--test" in json.loads(target.read_text())["note"]
     current = replace(cal, decision_rule=decision_rule("tabor"))
     text = probability_text({"trojan_probability": report_block("tabor", 4.0, current)})
-    assert "AUC 0.75 on 4 other test models" in text
+    assert "PROVISIONAL" in text and "rests on 4 models only, fewer than 10" in text  # too few to validate it
+    enough = replace(current, test_models=10)  # the same AUC measured on 10 test models validates it
+    text = probability_text({"trojan_probability": report_block("tabor", 4.0, enough)})
+    assert "AUC 0.75 on 10 other test models" in text and "PROVISIONAL" not in text
     # a model in both halves is refused: the figures would not be held out
     _zoo_output(tmp_path / "leak", {"d-a": (6.0, 3.0, True), "t-x": (1.0, 1.0, False)})
     assert main(["fit", str(tmp_path / "dev"), "--test", str(tmp_path / "leak")]) == 2
