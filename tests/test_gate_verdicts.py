@@ -177,7 +177,8 @@ def test_probabilities_are_provisional_outside_their_fit(tmp_path):
     # the shipped fit predates the floor under the few-label MAD (session 16): it says so
     assert "earlier decision rule" in probability_text({"trojan_probability": shipped})
     good = json.loads(open(DEFAULT_PATH, encoding="utf-8").read())  # the same file, as if it separated well
-    good["methods"]["tabor"].update(heldout_auc=0.9, domain={"input_shapes": [[32, 32, 3]], "num_classes": [43]},
+    good["methods"]["tabor"].update(heldout_auc=0.9, test_models=10,  # on 10 test models
+                                    domain={"input_shapes": [[32, 32, 3]], "num_classes": [43]},
                                     decision_rule=decision_rule("tabor"))  # ... and were fitted under today's rule
     path = tmp_path / "calibration.json"
     path.write_text(json.dumps(good), encoding="utf-8")
