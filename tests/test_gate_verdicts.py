@@ -170,12 +170,11 @@ def test_probabilities_are_provisional_outside_their_fit(tmp_path):
 
     gtsrb = {"input_shape": [32, 32, 3], "num_classes": 43}
     mnist = {"input_shape": [28, 28, 1], "num_classes": 10}
-    shipped = report_block("tabor", 5.0, model=gtsrb)  # fitted on the dev half; its test-split AUC is too low
-    auc = shipped["calibration"]["heldout_auc"]
-    assert not shipped["calibration"]["validated"] and auc < 0.75
-    assert f"AUC on the test split is {auc:.2f}" in probability_text({"trojan_probability": shipped})
-    # the shipped fit predates the floor under the few-label MAD (session 16): it says so
-    assert "earlier decision rule" in probability_text({"trojan_probability": shipped})
+    shipped = report_block("tabor", 5.0, model=gtsrb)  # fitted on the dev half, measured on 6 test models only
+    auc, n = shipped["calibration"]["heldout_auc"], shipped["calibration"]["test_models"]
+    assert not shipped["calibration"]["validated"] and n < 10
+    assert f"its held-out AUC ({auc:.2f}) rests on {n} models only" in probability_text({"trojan_probability": shipped})
+    assert "earlier decision rule" not in probability_text({"trojan_probability": shipped})  # refitted (session 17)
     good = json.loads(open(DEFAULT_PATH, encoding="utf-8").read())  # the same file, as if it separated well
     good["methods"]["tabor"].update(heldout_auc=0.9, test_models=10,  # on 10 test models
                                     domain={"input_shapes": [[32, 32, 3]], "num_classes": [43]},
