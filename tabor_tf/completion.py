@@ -128,10 +128,14 @@ def main_pieces(mask, level: float, share: float) -> tuple:
     """The 8-connected pieces of ``mask``'s support (``support(mask, level)``) whose mask mass is at
     least ``share`` times the largest piece's -> ``(keep [H, W] bool, pieces, kept pieces)``."""
     ids, mass = _pieces(mask, level)
-    if not len(mass):
-        return np.zeros(ids.shape, bool), 0, 0
-    kept = [k + 1 for k in range(len(mass)) if mass[k] >= float(share) * float(mass.max())]
+    kept = _main_ids(mass, share)
     return np.isin(ids, kept), int(len(mass)), len(kept)
+
+
+def _main_ids(mass: np.ndarray, share: float) -> list:
+    """Ids (1-based, as ``_pieces`` numbers them) of the pieces whose mass is at least ``share``
+    times the largest piece's."""
+    return [k + 1 for k in range(len(mass)) if mass[k] >= float(share) * float(mass.max())]
 
 
 class _Peeler:
@@ -310,9 +314,10 @@ def complete_triggers(victim, x_raw: np.ndarray, mode: str, labels, masks, patte
 
     Their searches run in lockstep (one ``_Peeler`` slot per label: the prunes together, then each
     round of the labels still peeling together); each label keeps its own images, draws and
-    stopping rule, so its result is what it would be alone, up to float rounding. ``on_round(r,
-    peeling)``, if given, is called after the prune (``r`` 0) and after each peel round ``r`` with
-    the labels still peeling."""
+    stopping rule, so its result is what it would be alone, up to float rounding. Tidying
+    (``_tidy``) follows peeling, unless ``deadline`` has passed. ``on_round(r, peeling)``, if given,
+    is called after the prune (``r`` 0) and after each peel round ``r`` with the labels still
+    peeling."""
     s = settings or CompletionSettings()
     labels = [int(v) for v in labels]
     if not labels:
@@ -366,7 +371,7 @@ def complete_triggers(victim, x_raw: np.ndarray, mode: str, labels, masks, patte
         if not peeling:
             break
     tidied = [None] * len(labels)
-    if float(s.tidy_share) > 0:
+    if float(s.tidy_share) > 0 and (deadline is None or time.monotonic() < deadline):
         for i in range(len(labels)):
             best_masks[i], tidied[i] = _tidy(peeler, splits[i][0], labels[i], best_masks[i], best_patterns[i], s)
     return [Completion(label=label, mask=best_masks[i], pattern=best_patterns[i], rounds=rounds[i], stop=stops[i],
@@ -392,7 +397,7 @@ def _tidy(peeler: "_Peeler", x_eval: np.ndarray, label: int, mask: np.ndarray, p
     if not len(mass):
         record.update(l1=record["l1_before"], kept_pieces=0, kept_alone=0, attack_success=0.0, accepted=False)
         return mask, record
-    main = [k + 1 for k in range(len(mass)) if mass[k] >= float(s.tidy_share) * float(mass.max())]
+    main = _main_ids(mass, s.tidy_share)
     others = sorted((k + 1 for k in range(len(mass)) if k + 1 not in main), key=lambda k: -mass[k - 1])
     alone = [k for k in others[:TIDY_ALONE_TESTS]
              if peeler.attack_success(x_eval, label, np.where(ids == k, mask, 0.0).astype(np.float32), pattern)

@@ -148,6 +148,7 @@ def test_completion_of_several_labels_respects_the_deadline(tiny_infected_victim
     out = complete_triggers(model, x, "unit", [1, 2], [m, m], [p, p], settings=CompletionSettings(steps=10), y=y,
                             deadline=time.monotonic() - 1)
     assert [o.stop for o in out] == ["the time budget ran out"] * 2 and all(not o.rounds for o in out)
+    assert all(o.tidy is None for o in out)  # no tidying after the deadline either
 
 
 def test_completion_reports_each_round_and_takes_no_labels(tiny_infected_victim):
