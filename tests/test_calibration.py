@@ -75,15 +75,19 @@ def test_pairs_from_compare_and_defaults(tmp_path):
     assert block["probability"] == pytest.approx(default.probability(5.0)) and block["probability"] > 0.5
     assert not block["calibration"]["provisional"] and block["calibration"]["fitted_on_zoo"]
     assert block["calibration"]["file"] == "calibration.json" and block["anomaly_index"] == 5.0
-    # refitted on release-3 indices of the dev half (session 17) and measured on 6 test-half models: the
-    # current rule, an AUC that is not below the bar, but too few held-out models to validate it
-    # (issue 11: never an AUC not measured there)
+    # refitted on release-3 indices of the dev half (session 17) and measured on 11 test-half models
+    # (session 18): the current rule, an AUC above the bar on enough held-out models, so it is validated
+    # for models like those (issue 11: never an AUC not measured there)
     assert default.decision_rule == decision_rule("tabor") and default.heldout_kind == "test split"
-    reasons = default.provisional_reasons()
-    assert default.heldout_auc >= MIN_USEFUL_AUC and default.test_models < MIN_HELDOUT_MODELS
-    assert reasons == [f"its held-out AUC ({default.heldout_auc:.2f}) rests on {default.test_models} models only,"
-                       f" fewer than {MIN_HELDOUT_MODELS}"]
-    assert "PROVISIONAL" in probability_line({"trojan_probability": block})
+    assert default.heldout_auc >= MIN_USEFUL_AUC and default.test_models >= MIN_HELDOUT_MODELS
+    assert default.provisional_reasons() == []
+    assert "PROVISIONAL" not in probability_line({"trojan_probability": block})
+    assert f"AUC {default.heldout_auc:.2f} on {default.test_models} other test models" in probability_line(
+        {"trojan_probability": block})
+    few = replace(default, test_models=6)  # the same AUC on 6 models only: too few to validate it
+    assert few.provisional_reasons() == [f"its held-out AUC ({default.heldout_auc:.2f}) rests on 6 models only,"
+                                         f" fewer than {MIN_HELDOUT_MODELS}"]
+    assert "PROVISIONAL" in probability_line({"trojan_probability": report_block("tabor", 5.0, few)})
     earlier = replace(default, decision_rule=None)  # indices of an earlier rule: provisional until refitted
     assert "earlier decision rule" in probability_line({"trojan_probability": report_block("tabor", 5.0, earlier)})
     current = replace(default, heldout_auc=0.9, test_models=10, decision_rule=decision_rule("tabor"))

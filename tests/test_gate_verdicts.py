@@ -170,11 +170,14 @@ def test_probabilities_are_provisional_outside_their_fit(tmp_path):
 
     gtsrb = {"input_shape": [32, 32, 3], "num_classes": 43}
     mnist = {"input_shape": [28, 28, 1], "num_classes": 10}
-    shipped = report_block("tabor", 5.0, model=gtsrb)  # fitted on the dev half, measured on 6 test models only
+    shipped = report_block("tabor", 5.0, model=gtsrb)  # fitted on the dev half, measured on 11 test models
     auc, n = shipped["calibration"]["heldout_auc"], shipped["calibration"]["test_models"]
-    assert not shipped["calibration"]["validated"] and n < 10
-    assert f"its held-out AUC ({auc:.2f}) rests on {n} models only" in probability_text({"trojan_probability": shipped})
+    assert shipped["calibration"]["validated"] and n >= 10
+    assert f"AUC {auc:.2f} on {n} other test models" in probability_text({"trojan_probability": shipped})
     assert "earlier decision rule" not in probability_text({"trojan_probability": shipped})  # refitted (session 17)
+    imagenet = report_block("tabor", 5.0, model={"input_shape": [224, 224, 3], "num_classes": 1000})
+    assert not imagenet["calibration"]["validated"]  # no model like it was in the fit or the test split
+    assert "224x224x3 input, 1000 classes" in probability_text({"trojan_probability": imagenet})
     good = json.loads(open(DEFAULT_PATH, encoding="utf-8").read())  # the same file, as if it separated well
     good["methods"]["tabor"].update(heldout_auc=0.9, test_models=10,  # on 10 test models
                                     domain={"input_shapes": [[32, 32, 3]], "num_classes": [43]},
